@@ -1,0 +1,41 @@
+// RMSNorm with a learned per-channel scale, in f32:
+//   y[r, :] = x[r, :] * inverseSqrt(mean(x[r, :]^2) + eps) * weight
+// One workgroup per row (rows folded into a 2-D grid).
+
+struct Params {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn rmsnorm(@builtin(local_invocation_index) lid: u32,
+           @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= params.rows) { return; }  // uniform per workgroup
+    let base = row * params.dim;
+    var ss = 0.0;
+    for (var i = lid; i < params.dim; i += 256u) {
+        let v = x[base + i];
+        ss += v * v;
+    }
+    red[lid] = ss;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let inv = inverseSqrt(red[0] / f32(params.dim) + params.eps);
+    for (var i = lid; i < params.dim; i += 256u) {
+        y[base + i] = x[base + i] * inv * weight[i];
+    }
+}

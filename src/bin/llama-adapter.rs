@@ -1,0 +1,101 @@
+//! The native command-line tool. Today: `info` and `bench kernels`; the model
+//! commands (convert, generate, eval, bench model) build on the same engine.
+
+use clap::{Parser, Subcommand};
+
+use llama_adapter_web::bench::bench_matmul;
+use llama_adapter_web::format::quant::QuantFormat;
+use llama_adapter_web::gpu::{GpuContext, GpuOptions};
+use llama_adapter_web::kernels::matmul::MatmulShape;
+
+#[derive(Parser)]
+#[command(name = "llama-adapter", version, about = "LLaMA-Adapter V2 on your GPU (native tool of llama-adapter-web)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe the GPU adapter the engine picks.
+    Info,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Matmul GEMV at the 7B shapes in every format (GB/s of weights) and GEMM (FLOP/s).
+    Kernels {
+        /// Dispatches per timed pass.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Formats to run (comma separated: f32,f16,q8,q4).
+        #[arg(long, default_value = "f32,f16,q8,q4", value_delimiter = ',')]
+        formats: Vec<String>,
+        /// x rows for the GEMM (prefill-like) runs.
+        #[arg(long, default_value_t = 128)]
+        gemm_rows: usize,
+        /// Skip the GEMM runs.
+        #[arg(long)]
+        no_gemm: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let ctx = GpuContext::new_blocking(GpuOptions::from_env())?;
+    match cli.command {
+        Command::Info => println!("adapter: {}", ctx.info),
+        Command::Bench { what: BenchWhat::Kernels { reps, formats, gemm_rows, no_gemm } } => {
+            let formats: Vec<QuantFormat> = formats
+                .iter()
+                .map(|f| QuantFormat::parse(f).ok_or_else(|| format!("unknown format {f:?} (expected f32, f16, q8 or q4)")))
+                .collect::<Result<_, _>>()?;
+            println!("adapter: {}", ctx.info);
+            println!("\nGEMV, one token (decode), y = x·Wᵀ; GB/s counts weight bytes read once per call");
+            println!("{:<6} {:>12} {:>7} {:>13} {:>12} {:>9}  clock", "format", "n x k", "blocks", "weight bytes", "time/call", "GB/s");
+            for &format in &formats {
+                for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
+                    let f = bench_matmul(&ctx, format, 1, n, k, MatmulShape::Gemv, reps)?;
+                    println!(
+                        "{:<6} {:>12} {:>7} {:>13} {:>9.3} ms {:>9.2}  {}",
+                        format.name(),
+                        format!("{n}x{k}"),
+                        f.blocks,
+                        f.weight_bytes,
+                        f.seconds * 1e3,
+                        f.gbps(),
+                        f.clock.name()
+                    );
+                }
+            }
+            if !no_gemm {
+                println!("\nGEMM, {gemm_rows} rows (prefill), 4096x4096");
+                println!("{:<6} {:>14} {:>12} {:>10}  clock", "format", "m x n x k", "time/call", "GFLOP/s");
+                for &format in &formats {
+                    let f = bench_matmul(&ctx, format, gemm_rows, 4096, 4096, MatmulShape::Gemm, reps.div_ceil(4))?;
+                    println!(
+                        "{:<6} {:>14} {:>9.3} ms {:>10.2}  {}",
+                        format.name(),
+                        format!("{gemm_rows}x4096x4096"),
+                        f.seconds * 1e3,
+                        f.gflops(),
+                        f.clock.name()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

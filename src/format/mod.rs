@@ -1,0 +1,3 @@
+//! Weight formats on the wire and on the GPU.
+
+pub mod quant;

@@ -1,0 +1,264 @@
+//! Weight storage formats and their CPU packing / unpacking.
+//!
+//! A weight matrix W has `rows` outputs and `cols` inputs (PyTorch's
+//! `[out, in]`), stored row-major. Every format is a flat array of u32 words,
+//! so that no kernel needs `shader-f16`:
+//!
+//! * `F32`: one word per element (`f32::to_bits`), `row_words = cols`.
+//! * `F16`: two halves per word, low half first; a row is padded to an even
+//!   length, `row_words = ceil(cols / 2)`.
+//! * `Q8` / `Q4`: symmetric quantisation in groups of [`QGROUP`] = 32 along a
+//!   row (the last group is zero-padded). Each group has one f16 scale `d` and
+//!   32 integers `q` with `w ≈ d·q`:
+//!   - Q8: `d = absmax/127`, `q ∈ [-127, 127]`, 4 two's-complement bytes per
+//!     word, low byte first: 8 words per group.
+//!   - Q4: `d = absmax/7`, `q ∈ [-7, 7]`, stored as the nibble `q + 8`, 8 per
+//!     word, low nibble first: 4 words per group.
+//!
+//!   The quants of all rows come first (`row_words` per row), then the scales:
+//!   `rows·groups` f16 values, two per word, low half first, starting at word
+//!   `scale_base = rows·row_words`.
+//!
+//! Rounding: `d` is rounded to f16 *before* quantising, so the round-trip
+//! error of every element is at most `d/2` (no clamping can occur, because
+//! `|w|/d ≤ qmax·(1 + 2⁻¹¹) < qmax + ½`).
+
+use half::f16;
+
+/// Elements per quantisation group along the input dimension.
+pub const QGROUP: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+impl QuantFormat {
+    pub const ALL: [QuantFormat; 4] = [QuantFormat::F32, QuantFormat::F16, QuantFormat::Q8, QuantFormat::Q4];
+
+    /// The code the WGSL kernels use for this format (`FORMAT` override).
+    pub fn shader_code(self) -> u32 {
+        match self {
+            QuantFormat::F32 => 0,
+            QuantFormat::F16 => 1,
+            QuantFormat::Q8 => 2,
+            QuantFormat::Q4 => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::F32 => "f32",
+            QuantFormat::F16 => "f16",
+            QuantFormat::Q8 => "q8",
+            QuantFormat::Q4 => "q4",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<QuantFormat> {
+        QuantFormat::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// Largest quantised magnitude, for the Q formats.
+    fn qmax(self) -> Option<f32> {
+        match self {
+            QuantFormat::Q8 => Some(127.0),
+            QuantFormat::Q4 => Some(7.0),
+            _ => None,
+        }
+    }
+
+    /// u32 words of quants (or raw values) per row of `cols` elements.
+    pub fn row_words(self, cols: usize) -> usize {
+        match self {
+            QuantFormat::F32 => cols,
+            QuantFormat::F16 => cols.div_ceil(2),
+            QuantFormat::Q8 => cols.div_ceil(QGROUP) * 8,
+            QuantFormat::Q4 => cols.div_ceil(QGROUP) * 4,
+        }
+    }
+
+    /// Scale groups per row (0 for the float formats).
+    pub fn groups(self, cols: usize) -> usize {
+        match self {
+            QuantFormat::Q8 | QuantFormat::Q4 => cols.div_ceil(QGROUP),
+            _ => 0,
+        }
+    }
+
+    /// Total words for a `rows × cols` matrix (quants, then scales).
+    pub fn total_words(self, rows: usize, cols: usize) -> usize {
+        rows * self.row_words(cols) + (rows * self.groups(cols)).div_ceil(2)
+    }
+
+    /// Bytes a matrix of this shape occupies in this format.
+    pub fn bytes(self, rows: usize, cols: usize) -> u64 {
+        4 * self.total_words(rows, cols) as u64
+    }
+}
+
+/// A packed `rows × cols` matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    pub format: QuantFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub words: Vec<u32>,
+}
+
+impl PackedMatrix {
+    pub fn row_words(&self) -> usize {
+        self.format.row_words(self.cols)
+    }
+
+    /// Word index at which the f16 scales start.
+    pub fn scale_base(&self) -> usize {
+        self.rows * self.row_words()
+    }
+
+    pub fn groups(&self) -> usize {
+        self.format.groups(self.cols)
+    }
+
+    /// The scale of group `g` of row `r` (Q formats only).
+    pub fn scale(&self, r: usize, g: usize) -> f32 {
+        let i = r * self.groups() + g;
+        let word = self.words[self.scale_base() + i / 2];
+        f16::from_bits((word >> (16 * (i % 2))) as u16).to_f32()
+    }
+
+    /// Packs a row-major `rows × cols` f32 matrix.
+    pub fn pack(format: QuantFormat, rows: usize, cols: usize, data: &[f32]) -> PackedMatrix {
+        assert_eq!(data.len(), rows * cols, "pack: data length does not match rows × cols");
+        let row_words = format.row_words(cols);
+        let groups = format.groups(cols);
+        let mut words = vec![0u32; format.total_words(rows, cols)];
+        match format {
+            QuantFormat::F32 => {
+                for (w, x) in words.iter_mut().zip(data) {
+                    *w = x.to_bits();
+                }
+            }
+            QuantFormat::F16 => {
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let h = f16::from_f32(data[r * cols + c]).to_bits() as u32;
+                        words[r * row_words + c / 2] |= h << (16 * (c % 2));
+                    }
+                }
+            }
+            QuantFormat::Q8 | QuantFormat::Q4 => {
+                let qmax = format.qmax().unwrap();
+                let scale_base = rows * row_words;
+                let words_per_group = row_words / groups.max(1);
+                let per_word = QGROUP / words_per_group; // 4 (q8) or 8 (q4)
+                let bits = 32 / per_word as u32;
+                for r in 0..rows {
+                    let row = &data[r * cols..(r + 1) * cols];
+                    for g in 0..groups {
+                        let chunk = &row[g * QGROUP..((g + 1) * QGROUP).min(cols)];
+                        let absmax = chunk.iter().fold(0f32, |m, x| m.max(x.abs()));
+                        let d = f16::from_f32(absmax / qmax);
+                        let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                        let si = r * groups + g;
+                        words[scale_base + si / 2] |= (d.to_bits() as u32) << (16 * (si % 2));
+                        for i in 0..QGROUP {
+                            let x = chunk.get(i).copied().unwrap_or(0.0);
+                            let q = (x * inv).round().clamp(-qmax, qmax) as i32;
+                            let stored = match format {
+                                QuantFormat::Q8 => (q as i8 as u8) as u32,
+                                _ => (q + 8) as u32,
+                            };
+                            let w = r * row_words + g * words_per_group + i / per_word;
+                            words[w] |= stored << (bits * (i % per_word) as u32);
+                        }
+                    }
+                }
+            }
+        }
+        PackedMatrix { format, rows, cols, words }
+    }
+
+    /// Element (r, c) as the kernels see it.
+    pub fn get(&self, r: usize, c: usize) -> f32 {
+        let row_words = self.row_words();
+        match self.format {
+            QuantFormat::F32 => f32::from_bits(self.words[r * self.cols + c]),
+            QuantFormat::F16 => {
+                let w = self.words[r * row_words + c / 2];
+                f16::from_bits((w >> (16 * (c % 2))) as u16).to_f32()
+            }
+            QuantFormat::Q8 => {
+                let w = self.words[r * row_words + c / 4];
+                let q = ((w >> (8 * (c % 4))) & 0xff) as u8 as i8;
+                q as f32 * self.scale(r, c / QGROUP)
+            }
+            QuantFormat::Q4 => {
+                let w = self.words[r * row_words + c / 8];
+                let q = ((w >> (4 * (c % 8))) & 0xf) as i32 - 8;
+                q as f32 * self.scale(r, c / QGROUP)
+            }
+        }
+    }
+
+    /// The dequantised matrix, row-major f32: the reference kernels use this.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                out.push(self.get(r, c));
+            }
+        }
+        out
+    }
+
+    /// Rows `[start, end)` as a matrix of their own (same packing).
+    pub fn row_block(&self, start: usize, end: usize) -> PackedMatrix {
+        let row_words = self.row_words();
+        let groups = self.groups();
+        let rows = end - start;
+        let mut words = Vec::with_capacity(self.format.total_words(rows, self.cols));
+        words.extend_from_slice(&self.words[start * row_words..end * row_words]);
+        if groups > 0 {
+            let mut scales = vec![0u32; (rows * groups).div_ceil(2)];
+            for r in 0..rows {
+                for g in 0..groups {
+                    let bits = f16::from_f32(self.scale(start + r, g)).to_bits() as u32;
+                    let i = r * groups + g;
+                    scales[i / 2] |= bits << (16 * (i % 2));
+                }
+            }
+            words.extend_from_slice(&scales);
+        }
+        PackedMatrix { format: self.format, rows, cols: self.cols, words }
+    }
+
+    /// Splits the matrix into row blocks of at most `max_bytes` each (the
+    /// largest storage binding the device allows). Returns (first row, block).
+    pub fn split_rows(&self, max_bytes: u64) -> Vec<(usize, PackedMatrix)> {
+        let rows_per_block = rows_per_block(self.format, self.cols, max_bytes).max(1);
+        if rows_per_block >= self.rows {
+            return vec![(0, self.clone())];
+        }
+        (0..self.rows)
+            .step_by(rows_per_block)
+            .map(|start| (start, self.row_block(start, (start + rows_per_block).min(self.rows))))
+            .collect()
+    }
+}
+
+/// How many rows of a `cols`-wide matrix fit in `max_bytes` (quants plus scales).
+pub fn rows_per_block(format: QuantFormat, cols: usize, max_bytes: u64) -> usize {
+    let max_words = (max_bytes / 4) as usize;
+    let row_words = format.row_words(cols);
+    let groups = format.groups(cols);
+    // rows·row_words + ceil(rows·groups/2) ≤ max_words
+    let mut rows = (2 * max_words) / (2 * row_words + groups).max(1);
+    while rows > 0 && rows * row_words + (rows * groups).div_ceil(2) > max_words {
+        rows -= 1;
+    }
+    rows
+}

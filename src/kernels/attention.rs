@@ -1,0 +1,196 @@
+//! Attention (`shaders/attention.wgsl`): the decoder's causal attention over a
+//! KV cache with a gated prefix (adapter prompts / visual tokens), and the
+//! vision towers' bidirectional multi-head attention.
+
+use crate::gpu::{Dispatch, GpuContext, GpuError, Slot, MAX_GRID_DIM};
+
+use super::{require, to_u32};
+
+const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
+const SLOTS: [Slot; 8] = [
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+];
+
+/// Largest head dimension the kernel handles (two output dims per invocation).
+pub const MAX_HEAD_DIM: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_queries: u32,
+    n_heads: u32,
+    head_dim: u32,
+    start_pos: u32,
+    kv_len: u32,
+    causal: u32,
+    prefix_len: u32,
+    use_gate: u32,
+    q_offset: u32,
+    q_stride: u32,
+    k_offset: u32,
+    v_offset: u32,
+    kv_stride: u32,
+    pk_offset: u32,
+    pv_offset: u32,
+    p_stride: u32,
+    out_offset: u32,
+    out_stride: u32,
+    scale: f32,
+    new_gate: f32,
+}
+
+/// A matrix of rows inside a buffer: row `i` starts at element `offset + i·stride`.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+/// The gated prefix of one decoder layer.
+pub struct Prefix<'a> {
+    pub keys: Rows<'a>,
+    pub values: Rows<'a>,
+    pub len: usize,
+    /// Raw per-head gate values (`n_heads` f32); the kernel applies tanh.
+    pub gate: &'a wgpu::Buffer,
+    /// The LoRA checkpoints' extra scalar gate (1.0 when absent).
+    pub new_gate: f32,
+}
+
+/// Decoder attention for `n_queries` new rows at absolute positions
+/// `start_pos ..`, over cache rows `0 .. start_pos + n_queries`.
+pub struct DecoderAttention<'a> {
+    pub q: Rows<'a>,
+    pub keys: Rows<'a>,
+    pub values: Rows<'a>,
+    pub prefix: Option<Prefix<'a>>,
+    pub out: Rows<'a>,
+    pub n_queries: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub start_pos: usize,
+}
+
+fn check_rows(rows: &Rows, count: usize, width: usize, what: &str) -> Result<(), GpuError> {
+    if count == 0 {
+        return Ok(());
+    }
+    require(rows.buffer, (rows.offset + (count - 1) * rows.stride + width) as u64, what)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    ctx: &GpuContext,
+    q: Rows,
+    keys: Rows,
+    values: Rows,
+    prefix: Option<&Prefix>,
+    out: Rows,
+    n_queries: usize,
+    n_heads: usize,
+    head_dim: usize,
+    start_pos: usize,
+    kv_len: usize,
+    causal: bool,
+) -> Result<Dispatch, GpuError> {
+    if head_dim == 0 || head_dim > MAX_HEAD_DIM {
+        return Err(GpuError::InvalidArgument(format!("attention: head_dim {head_dim} not in 1..={MAX_HEAD_DIM}")));
+    }
+    if keys.stride != values.stride {
+        return Err(GpuError::InvalidArgument("attention: keys and values must share a row stride".into()));
+    }
+    if n_heads > MAX_GRID_DIM as usize || n_queries > MAX_GRID_DIM as usize {
+        return Err(GpuError::InvalidArgument(format!("attention: {n_heads} heads × {n_queries} queries exceed the grid")));
+    }
+    let width = n_heads * head_dim;
+    check_rows(&q, n_queries, width, "attention q")?;
+    check_rows(&keys, kv_len, width, "attention keys")?;
+    check_rows(&values, kv_len, width, "attention values")?;
+    check_rows(&out, n_queries, width, "attention out")?;
+    let (prefix_len, p_keys, p_values, gate, new_gate) = match prefix {
+        Some(p) if p.len > 0 => {
+            if p.keys.stride != p.values.stride {
+                return Err(GpuError::InvalidArgument("attention: prefix keys and values must share a row stride".into()));
+            }
+            check_rows(&p.keys, p.len, width, "attention prefix keys")?;
+            check_rows(&p.values, p.len, width, "attention prefix values")?;
+            require(p.gate, n_heads as u64, "attention gate")?;
+            (p.len, p.keys, p.values, p.gate, p.new_gate)
+        }
+        _ => {
+            let none = Rows { buffer: ctx.dummy(), offset: 0, stride: 0 };
+            (0, none, none, ctx.dummy(), 1.0)
+        }
+    };
+    let kernel = ctx.kernel("attention", SOURCE, "attention", &SLOTS, &[])?;
+    let params = Params {
+        n_queries: to_u32(n_queries, "n_queries")?,
+        n_heads: to_u32(n_heads, "n_heads")?,
+        head_dim: to_u32(head_dim, "head_dim")?,
+        start_pos: to_u32(start_pos, "start_pos")?,
+        kv_len: to_u32(kv_len, "kv_len")?,
+        causal: causal as u32,
+        prefix_len: to_u32(prefix_len, "prefix_len")?,
+        use_gate: 1,
+        q_offset: to_u32(q.offset, "q offset")?,
+        q_stride: to_u32(q.stride, "q stride")?,
+        k_offset: to_u32(keys.offset, "k offset")?,
+        v_offset: to_u32(values.offset, "v offset")?,
+        kv_stride: to_u32(keys.stride, "kv stride")?,
+        pk_offset: to_u32(p_keys.offset, "prefix k offset")?,
+        pv_offset: to_u32(p_values.offset, "prefix v offset")?,
+        p_stride: to_u32(p_keys.stride, "prefix stride")?,
+        out_offset: to_u32(out.offset, "out offset")?,
+        out_stride: to_u32(out.stride, "out stride")?,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        new_gate,
+    };
+    let uniform = ctx.uniform("attention params", &params);
+    Ok(ctx.dispatch(
+        &kernel,
+        &[&uniform, q.buffer, keys.buffer, values.buffer, p_keys.buffer, p_values.buffer, gate, out.buffer],
+        [n_heads as u32, n_queries.max(1) as u32, 1],
+    ))
+}
+
+/// Causal attention over the KV cache plus the gated prefix.
+pub fn decoder_attention(ctx: &GpuContext, a: &DecoderAttention) -> Result<Dispatch, GpuError> {
+    build(
+        ctx,
+        a.q,
+        a.keys,
+        a.values,
+        a.prefix.as_ref(),
+        a.out,
+        a.n_queries,
+        a.n_heads,
+        a.head_dim,
+        a.start_pos,
+        a.start_pos + a.n_queries,
+        true,
+    )
+}
+
+/// Bidirectional multi-head attention over `tokens` rows (vision towers).
+/// q, k and v may be views into one fused qkv buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn bidirectional_attention(
+    ctx: &GpuContext,
+    q: Rows,
+    keys: Rows,
+    values: Rows,
+    out: Rows,
+    tokens: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<Dispatch, GpuError> {
+    build(ctx, q, keys, values, None, out, tokens, n_heads, head_dim, 0, tokens, false)
+}

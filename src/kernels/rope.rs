@@ -1,0 +1,80 @@
+//! Rotary position embedding, interleaved pairs (`shaders/rope.wgsl`).
+
+use crate::gpu::{grid_1d, Dispatch, GpuContext, GpuError, Slot};
+use crate::reference::rope::rope_table;
+
+use super::{require, to_u32};
+
+const SOURCE: &str = include_str!("../../shaders/rope.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    n_heads: u32,
+    head_dim: u32,
+    start_pos: u32,
+    row_stride: u32,
+    offset: u32,
+    table_len: u32,
+    _pad: u32,
+}
+
+/// The (cos, sin) table of `positions` positions on the GPU.
+pub struct RopeTable {
+    pub buffer: wgpu::Buffer,
+    pub positions: usize,
+    pub head_dim: usize,
+}
+
+impl RopeTable {
+    pub fn new(ctx: &GpuContext, positions: usize, head_dim: usize, theta: f32) -> RopeTable {
+        let table = rope_table(positions, head_dim, theta);
+        RopeTable { buffer: ctx.upload("rope table", &table), positions, head_dim }
+    }
+}
+
+/// Where the vectors to rotate live: `rows` token rows of `n_heads` heads,
+/// row `t` head `h` at element `offset + t·row_stride + h·head_dim`.
+pub struct RopeArgs<'a> {
+    pub data: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub n_heads: usize,
+    pub row_stride: usize,
+    pub offset: usize,
+    /// Absolute position of row 0.
+    pub start_pos: usize,
+}
+
+/// Rotates the vectors in place.
+pub fn rope(ctx: &GpuContext, table: &RopeTable, args: &RopeArgs) -> Result<Dispatch, GpuError> {
+    let d = table.head_dim;
+    if d % 2 != 0 {
+        return Err(GpuError::InvalidArgument(format!("rope: head_dim {d} is odd")));
+    }
+    if args.start_pos + args.rows > table.positions {
+        return Err(GpuError::InvalidArgument(format!(
+            "rope: positions {}..{} exceed the table's {} positions",
+            args.start_pos,
+            args.start_pos + args.rows,
+            table.positions
+        )));
+    }
+    if args.rows > 0 {
+        require(args.data, (args.offset + (args.rows - 1) * args.row_stride + args.n_heads * d) as u64, "rope data")?;
+    }
+    let kernel = ctx.kernel("rope", SOURCE, "rope", &[Slot::Uniform, Slot::Read, Slot::ReadWrite], &[])?;
+    let params = Params {
+        rows: to_u32(args.rows, "rows")?,
+        n_heads: to_u32(args.n_heads, "n_heads")?,
+        head_dim: to_u32(d, "head_dim")?,
+        start_pos: to_u32(args.start_pos, "start_pos")?,
+        row_stride: to_u32(args.row_stride, "row_stride")?,
+        offset: to_u32(args.offset, "offset")?,
+        table_len: to_u32(table.positions, "positions")?,
+        _pad: 0,
+    };
+    let uniform = ctx.uniform("rope params", &params);
+    let pairs = args.rows * args.n_heads * d / 2;
+    Ok(ctx.dispatch(&kernel, &[&uniform, &table.buffer, args.data], grid_1d(to_u32(pairs.div_ceil(256), "grid")?)))
+}

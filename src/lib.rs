@@ -1,0 +1,19 @@
+//! llama-adapter-web: LLaMA-Adapter V2 on the user's GPU through wgpu, with
+//! hand-written WGSL kernels, natively and in the browser (wasm32 + WebGPU).
+//!
+//! * [`gpu`]: device, limits and features, pipeline cache, async readback.
+//! * [`kernels`]: one Rust wrapper per WGSL kernel family in `shaders/`.
+//! * [`reference`]: plain CPU versions of every kernel (the tests' oracle).
+//! * [`format`]: weight storage formats (f32, f16, q8, q4) and their packing.
+
+pub mod format;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod util;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -1,0 +1,175 @@
+//! Quantised matmul (GEMV and GEMM) on the GPU against the CPU reference.
+//!
+//! Tolerance: the reference sums in f64 over the *dequantised* weights, which
+//! are exact in f32 (a ≤7-bit integer times an f16 scale), so the only error
+//! is the kernel's f32 accumulation. Rounding errors of a k-term sum grow like
+//! √k·u·Σ|xᵢwᵢ| (u = 2⁻²⁴); we allow 16× that, plus the rounding of the bias
+//! add and scale multiply (4u·|y|).
+
+mod common;
+
+use common::{assert_close, gpu, read_f32, run};
+use llama_adapter_web::format::quant::{PackedMatrix, QuantFormat};
+use llama_adapter_web::kernels::matmul::{matmul, GpuMatrix, MatmulArgs, MatmulShape};
+use llama_adapter_web::reference;
+use llama_adapter_web::util::Rng;
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+struct Case {
+    format: QuantFormat,
+    m: usize,
+    n: usize,
+    k: usize,
+    shape: MatmulShape,
+    bias: bool,
+    scale: bool,
+    accumulate: bool,
+    /// Per-block byte limit (forces row blocks), or None for the device's.
+    block_limit: Option<u64>,
+    x_pad: usize,
+}
+
+fn check(case: &Case, seed: u64) {
+    let ctx = gpu();
+    let Case { format, m, n, k, shape, .. } = *case;
+    let mut rng = Rng::new(seed);
+    let w: Vec<f32> = rng.vec_normal(n * k, 0.5);
+    let packed = PackedMatrix::pack(format, n, k, &w);
+    // x rows live at offset 3 with a stride of k + x_pad, to test addressing.
+    let x_stride = k + case.x_pad;
+    let x_offset = 3;
+    let mut x_buf = vec![f32::NAN; x_offset + m * x_stride];
+    let x: Vec<f32> = rng.vec_normal(m * k, 1.0);
+    for t in 0..m {
+        x_buf[x_offset + t * x_stride..x_offset + t * x_stride + k].copy_from_slice(&x[t * k..(t + 1) * k]);
+    }
+    let bias: Vec<f32> = rng.vec_normal(n, 1.0);
+    let scale: Vec<f32> = (0..n).map(|_| 0.5 + rng.uniform() as f32).collect();
+    let y0: Vec<f32> = rng.vec_normal(m * n, 1.0);
+
+    let weight = match case.block_limit {
+        Some(limit) => GpuMatrix::upload_with_limit(ctx, "w", &packed, limit).unwrap(),
+        None => GpuMatrix::upload(ctx, "w", &packed).unwrap(),
+    };
+    if let Some(limit) = case.block_limit {
+        assert!(weight.blocks.len() > 1, "block limit {limit} should split the {n}x{k} matrix");
+    }
+    let x_gpu = ctx.upload("x", &x_buf);
+    let bias_gpu = ctx.upload("bias", &bias);
+    let scale_gpu = ctx.upload("scale", &scale);
+    let y_gpu = ctx.upload("y", &y0);
+    let args = MatmulArgs {
+        x: &x_gpu,
+        x_offset,
+        x_stride,
+        m,
+        weight: &weight,
+        bias: case.bias.then_some(&bias_gpu),
+        scale: case.scale.then_some(&scale_gpu),
+        y: &y_gpu,
+        y_stride: n,
+        accumulate: case.accumulate,
+    };
+    run(ctx, &matmul(ctx, &args, shape).unwrap());
+    let got = read_f32(ctx, &y_gpu, m * n);
+
+    let mut want = reference::matmul::matmul(&x, m, &packed, case.bias.then_some(&bias[..]), case.scale.then_some(&scale[..]));
+    if case.accumulate {
+        for (w, y) in want.iter_mut().zip(&y0) {
+            *w += y;
+        }
+    }
+    let deq = packed.dequantize();
+    let abs_sum = |t: usize, j: usize| -> f64 { (0..k).map(|i| (x[t * k + i] * deq[j * k + i]).abs() as f64).sum() };
+    let what = format!("{} {:?} m={m} n={n} k={k} bias={} scale={} acc={}", format.name(), shape, case.bias, case.scale, case.accumulate);
+    assert_close(&what, &got, &want, |i| {
+        let (t, j) = (i / n, i % n);
+        let s = if case.scale { scale[j] as f64 } else { 1.0 };
+        16.0 * (k as f64).sqrt() * U * abs_sum(t, j) * s + 4.0 * U * (want[i].abs() as f64 + y0[i].abs() as f64) + 1e-30
+    });
+}
+
+#[test]
+fn matmul_random_shapes_all_formats() {
+    // Sizes that are not multiples of the 32-group, the 8-row GEMV block or
+    // the 64×64 GEMM tile, plus exact multiples.
+    let shapes = [(1, 1, 1), (1, 7, 31), (1, 9, 33), (2, 65, 100), (3, 128, 64), (5, 70, 257), (1, 300, 1000)];
+    let mut seed = 1;
+    for format in QuantFormat::ALL {
+        for &(m, n, k) in &shapes {
+            for shape in [MatmulShape::Gemv, MatmulShape::Gemm] {
+                seed += 1;
+                let flags = seed % 4;
+                check(
+                    &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad: seed as usize % 5 },
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_many_rows_all_formats() {
+    for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
+        check(
+            &Case { format, m: 130, n: 197, k: 176, shape: MatmulShape::Gemm, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1 },
+            100 + i as u64,
+        );
+        check(
+            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0 },
+            200 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn matmul_row_blocks_cover_the_output() {
+    // A tiny binding limit splits the weights into several row blocks; every
+    // output row must still be written exactly once, with the right bias.
+    for format in QuantFormat::ALL {
+        for shape in [MatmulShape::Gemv, MatmulShape::Gemm] {
+            check(
+                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0 },
+                300,
+            );
+        }
+    }
+}
+
+/// The real 7B shapes (q/k/v/o: 4096×4096; w1/w3: 11008×4096), one decode token.
+#[test]
+fn gemv_7b_shapes() {
+    for (format, n, k) in [
+        (QuantFormat::Q4, 4096, 4096),
+        (QuantFormat::Q4, 11008, 4096),
+        (QuantFormat::Q8, 11008, 4096),
+        (QuantFormat::F16, 4096, 4096),
+    ] {
+        check(&Case { format, m: 1, n, k, shape: MatmulShape::Gemv, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0 }, n as u64 + k as u64);
+    }
+}
+
+/// f32 11008×4096 is 180 MB: more than one 128 MiB binding, so it must split.
+#[test]
+fn gemv_7b_f32_splits_over_the_binding_limit() {
+    let packed_bytes = QuantFormat::F32.bytes(11008, 4096);
+    assert!(packed_bytes > 128 << 20);
+    check(
+        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Gemv, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0 },
+        77,
+    );
+}
+
+#[test]
+fn matmul_rejects_mismatched_buffers() {
+    let ctx = gpu();
+    let packed = PackedMatrix::pack(QuantFormat::Q4, 8, 64, &vec![0.5; 8 * 64]);
+    let weight = GpuMatrix::upload(ctx, "w", &packed).unwrap();
+    let x = ctx.upload("x", &vec![1f32; 32]); // too short for k = 64
+    let y = ctx.storage("y", 8 * 4);
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_stride: 8, accumulate: false };
+    let err = matmul(ctx, &args, MatmulShape::Auto).err().expect("short x must be rejected");
+    assert!(err.to_string().contains("matmul x"), "{err}");
+}
