@@ -21,13 +21,14 @@ fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid;
 }
 
-// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7); WGSL has no erf.
-fn erf_approx(x: f32) -> f32 {
+// 1 + erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7); WGSL has no
+// erf. For x < 0 it is erfc(|x|), computed directly to avoid cancellation.
+fn one_plus_erf(x: f32) -> f32 {
     let ax = abs(x);
     let t = 1.0 / (1.0 + 0.3275911 * ax);
     let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    let y = 1.0 - poly * exp(-ax * ax);
-    return select(y, -y, x < 0.0);
+    let erfc_ax = poly * exp(-ax * ax);
+    return select(2.0 - erfc_ax, erfc_ax, x < 0.0);
 }
 
 @compute @workgroup_size(256)
@@ -50,7 +51,7 @@ fn gelu(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let i = element(wid, nwg, lid);
     if (i < params.n) {
         let v = out[i];
-        out[i] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        out[i] = 0.5 * v * one_plus_erf(v * 0.70710678118654752);
     }
 }
 

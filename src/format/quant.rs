@@ -19,9 +19,10 @@
 //!   `rows·groups` f16 values, two per word, low half first, starting at word
 //!   `scale_base = rows·row_words`.
 //!
-//! Rounding: `d` is rounded to f16 *before* quantising, so the round-trip
-//! error of every element is at most `d/2` (no clamping can occur, because
-//! `|w|/d ≤ qmax·(1 + 2⁻¹¹) < qmax + ½`).
+//! Rounding: `d` is rounded to f16 *before* quantising, and bumped up one f16
+//! step in the rare case (tiny, subnormal scales) where rounding down would
+//! push `|w|/d` past `qmax + ½`. So no value is clamped, and the round-trip
+//! error of every element is at most `d/2`.
 
 use half::f16;
 
@@ -161,7 +162,12 @@ impl PackedMatrix {
                     for g in 0..groups {
                         let chunk = &row[g * QGROUP..((g + 1) * QGROUP).min(cols)];
                         let absmax = chunk.iter().fold(0f32, |m, x| m.max(x.abs()));
-                        let d = f16::from_f32(absmax / qmax);
+                        let mut d = f16::from_f32(absmax / qmax);
+                        if d.to_f32() * (qmax + 0.5) < absmax {
+                            // Rounded too far down (f16 subnormals): the next
+                            // f16 up keeps every |q| within qmax, unclamped.
+                            d = f16::from_bits(d.to_bits() + 1);
+                        }
                         let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
                         let si = r * groups + g;
                         words[scale_base + si / 2] |= (d.to_bits() as u32) << (16 * (si % 2));
