@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian/Ubuntu machine,
+# skipping what is already there. Source it (it exports XDG_RUNTIME_DIR) or run it.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# A Vulkan driver for wgpu. Without a GPU, Mesa's lavapipe is a software one.
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
+  echo "setup: installing the Vulkan loader and Mesa drivers (lavapipe)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+# The browser build target.
+if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
+  echo "setup: adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# Mesa complains (harmlessly) without a runtime dir.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/llama-adapter-xdg}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
