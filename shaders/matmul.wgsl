@@ -2,7 +2,8 @@
 // for a weight block W of `n` rows (outputs) by `k` columns (inputs), stored
 // as packed u32 words in one of the formats of quant_common.wgsl.
 //
-// Two shapes:
+// Three shapes:
+//   rowwise: for CPU-backed adapters (see the note above `rowwise`).
 //   gemv: one workgroup = 8 output rows x 32 lanes; each lane takes whole
 //         32-element groups, so every weight word is read exactly once.
 //         Grid: (ceil(n/8), m). Used for decode (m = 1) and small m.
@@ -25,7 +26,7 @@ struct Params {
     x_offset: u32,     // element index of x[0, 0]
     x_stride: u32,     // elements per row of x
     flags: u32,        // bit 0: add bias, bit 1: multiply by scale, bit 2: accumulate into y
-    _pad: u32,
+    t_first: u32,      // rowwise: first x row of this dispatch (x_offset is relative to it)
 }
 
 override FORMAT: u32 = 0u;
@@ -36,6 +37,10 @@ override FORMAT: u32 = 0u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> out_scale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+// rowwise only: the same x through a uniform binding (a 64 KiB window), and
+// the same weights viewed as 16-byte words.
+@group(0) @binding(6) var<uniform> x_window: array<vec4<f32>, 4096>;
+@group(0) @binding(7) var<storage, read> weights4: array<vec4<u32>>;
 
 fn store_output(t: u32, j: u32, value: f32) {
     let col = params.out_offset + j;
@@ -210,6 +215,141 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             if (t < params.m && col < params.n) {
                 store_output(t, col, acc[i][j]);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rowwise: the shape for CPU-backed adapters (Mesa lavapipe, SwiftShader).
+// They run invocations as SIMD lanes, and a storage-buffer load costs a loop
+// over the lanes, while a uniform-buffer load at an address that is the same
+// in every lane is one scalar load. So here each invocation owns one output
+// feature j (one weight row) and ROWWISE_TOKENS x rows, the k loop is the
+// same in every lane, x comes through the uniform window (X_UNIFORM) when it
+// fits, and weights come in 16-byte loads (32 q4 weights per load).
+// Grid: (ceil(n/64), ceil(rows of this dispatch / ROWWISE_TOKENS)).
+
+override X_UNIFORM: bool = false;
+// x rows per invocation: 4, or 1 for a single row (decode), so that no lane
+// computes dot products it throws away.
+override ROWWISE_TOKENS: u32 = 4u;
+
+// x[row t (counted from t_first), columns c .. c+3]; c is a multiple of 4 and,
+// with X_UNIFORM, x_offset and x_stride are too (the wrapper checks).
+fn x_vec4(t: u32, c: u32) -> vec4<f32> {
+    let i = params.x_offset + t * params.x_stride + c;
+    if (X_UNIFORM) {
+        return x_window[i / 4u];
+    }
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+fn x_scalar(t: u32, c: u32) -> f32 {
+    let i = params.x_offset + t * params.x_stride + c;
+    if (X_UNIFORM) {
+        return x_window[i / 4u][i % 4u];
+    }
+    return x[i];
+}
+
+// 8 weights (columns 8i .. 8i+7 of a group) from one packed word: q4 nibbles.
+fn q4_lo(word: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
+}
+fn q4_hi(word: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
+}
+fn q8_4(word: u32) -> vec4<f32> {
+    // Move each byte to the top, then shift back arithmetically (sign-extends).
+    return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Dot of four weights with the same four columns of x rows t0 .. t0+3:
+// component t of the result belongs to row t0 + t (rows past t0 + t_last
+// repeat the last one and are not stored).
+fn dot4(w: vec4<f32>, t0: u32, t_last: u32, c: u32) -> vec4<f32> {
+    if (ROWWISE_TOKENS == 1u) {
+        return vec4<f32>(dot(w, x_vec4(t0, c)), 0.0, 0.0, 0.0);
+    }
+    return vec4<f32>(
+        dot(w, x_vec4(t0, c)),
+        dot(w, x_vec4(t0 + min(1u, t_last), c)),
+        dot(w, x_vec4(t0 + min(2u, t_last), c)),
+        dot(w, x_vec4(t0 + min(3u, t_last), c)));
+}
+
+@compute @workgroup_size(64)
+fn rowwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    // Lanes past n compute row n-1 and do not store: keeping every lane
+    // active keeps the uniform x loads scalar.
+    let j = min(gid.x, params.n - 1u);
+    let t0 = wid.y * ROWWISE_TOKENS;             // relative to t_first
+    let t_last = min(ROWWISE_TOKENS, params.m - t0) - 1u;
+    var acc = vec4<f32>(0.0);
+    let full_groups = params.k / QGROUP;
+    let aligned = (params.row_words % 4u) == 0u;
+    for (var c = 0u; c < full_groups; c++) {
+        let k0 = c * QGROUP;
+        var part = vec4<f32>(0.0);
+        if (FORMAT == FMT_Q4) {
+            let q = weights4[(j * params.row_words + c * 4u) / 4u];
+            for (var i = 0u; i < 4u; i++) {
+                part += dot4(q4_lo(q[i]), t0, t_last, k0 + 8u * i) + dot4(q4_hi(q[i]), t0, t_last, k0 + 8u * i + 4u);
+            }
+            acc += part * group_scale(params.scale_base, j * params.groups + c);
+        } else if (FORMAT == FMT_Q8) {
+            for (var h = 0u; h < 2u; h++) {
+                let q = weights4[(j * params.row_words + c * 8u) / 4u + h];
+                for (var i = 0u; i < 4u; i++) {
+                    part += dot4(q8_4(q[i]), t0, t_last, k0 + 16u * h + 4u * i);
+                }
+            }
+            acc += part * group_scale(params.scale_base, j * params.groups + c);
+        } else if (FORMAT == FMT_F16) {
+            let base = j * params.row_words + c * 16u;
+            for (var h = 0u; h < 4u; h++) {
+                var q: vec4<u32>;
+                if (aligned) {
+                    q = weights4[base / 4u + h];
+                } else {
+                    q = vec4<u32>(weights[base + 4u * h], weights[base + 4u * h + 1u], weights[base + 4u * h + 2u], weights[base + 4u * h + 3u]);
+                }
+                for (var i = 0u; i < 2u; i++) {
+                    let w = vec4<f32>(unpack2x16float(q[2u * i]), unpack2x16float(q[2u * i + 1u]));
+                    part += dot4(w, t0, t_last, k0 + 8u * h + 4u * i);
+                }
+            }
+            acc += part;
+        } else {
+            let base = j * params.row_words + k0;
+            for (var h = 0u; h < 8u; h++) {
+                var q: vec4<u32>;
+                if (aligned) {
+                    q = weights4[base / 4u + h];
+                } else {
+                    q = vec4<u32>(weights[base + 4u * h], weights[base + 4u * h + 1u], weights[base + 4u * h + 2u], weights[base + 4u * h + 3u]);
+                }
+                part += dot4(bitcast<vec4<f32>>(q), t0, t_last, k0 + 4u * h);
+            }
+            acc += part;
+        }
+    }
+    // Last, partial group: element by element, never reading past k.
+    for (var kk = full_groups * QGROUP; kk < params.k; kk++) {
+        let w = weight_at(j, kk, params.row_words, params.groups, params.scale_base);
+        if (ROWWISE_TOKENS == 1u) {
+            acc.x += w * x_scalar(t0, kk);
+            continue;
+        }
+        acc += w * vec4<f32>(
+            x_scalar(t0, kk),
+            x_scalar(t0 + min(1u, t_last), kk),
+            x_scalar(t0 + min(2u, t_last), kk),
+            x_scalar(t0 + min(3u, t_last), kk));
+    }
+    if (gid.x < params.n) {
+        for (var t = 0u; t <= t_last; t++) {
+            store_output(params.t_first + t0 + t, j, acc[t]);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::format::quant::{PackedMatrix, QuantFormat};
 use crate::gpu::{Dispatch, GpuContext, GpuError};
-use crate::kernels::matmul::{matmul, GpuMatrix, MatmulArgs, MatmulShape};
+use crate::kernels::matmul::{matmul, resolve_shape, GpuMatrix, MatmulArgs, MatmulShape};
 use crate::util::Rng;
 
 /// How a time was measured.
@@ -105,13 +105,13 @@ pub fn bench_matmul(ctx: &GpuContext, format: QuantFormat, m: usize, n: usize, k
     let weight = GpuMatrix::upload(ctx, "bench weight", &packed)?;
     drop(packed);
     let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric(1.0)).collect();
-    let x = ctx.upload("bench x", &x);
-    let y = ctx.storage("bench y", (m * n * 4) as u64);
+    let x = ctx.upload_activations("bench x", &x);
+    let y = ctx.activations("bench y", (m * n * 4) as u64);
     let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_stride: n, accumulate: false };
     let dispatches = matmul(ctx, &args, shape)?;
     let (seconds, clock) = time_dispatches(ctx, &dispatches, reps)?;
     Ok(MatmulFigure {
-        shape: if shape == MatmulShape::Gemm { "gemm" } else { "gemv" },
+        shape: match resolve_shape(ctx, shape, m) { MatmulShape::Gemm => "gemm", MatmulShape::Rowwise => "rowwise", _ => "gemv" },
         format,
         m,
         n,

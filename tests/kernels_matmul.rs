@@ -10,7 +10,7 @@ mod common;
 
 use common::{assert_close, gpu, read_f32, run};
 use llama_adapter_web::format::quant::{PackedMatrix, QuantFormat};
-use llama_adapter_web::kernels::matmul::{matmul, GpuMatrix, MatmulArgs, MatmulShape};
+use llama_adapter_web::kernels::matmul::{matmul, rowwise_windows, GpuMatrix, MatmulArgs, MatmulShape};
 use llama_adapter_web::reference;
 use llama_adapter_web::util::Rng;
 
@@ -28,6 +28,8 @@ struct Case {
     /// Per-block byte limit (forces row blocks), or None for the device's.
     block_limit: Option<u64>,
     x_pad: usize,
+    /// Put x in an activations buffer (uniform-window reads for rowwise).
+    window: bool,
 }
 
 fn check(case: &Case, seed: u64) {
@@ -38,7 +40,7 @@ fn check(case: &Case, seed: u64) {
     let packed = PackedMatrix::pack(format, n, k, &w);
     // x rows live at offset 3 with a stride of k + x_pad, to test addressing.
     let x_stride = k + case.x_pad;
-    let x_offset = 3;
+    let x_offset = if case.window { 8 } else { 3 };
     let mut x_buf = vec![f32::NAN; x_offset + m * x_stride];
     let x: Vec<f32> = rng.vec_normal(m * k, 1.0);
     for t in 0..m {
@@ -55,7 +57,7 @@ fn check(case: &Case, seed: u64) {
     if let Some(limit) = case.block_limit {
         assert!(weight.blocks.len() > 1, "block limit {limit} should split the {n}x{k} matrix");
     }
-    let x_gpu = ctx.upload("x", &x_buf);
+    let x_gpu = if case.window { ctx.upload_activations("x", &x_buf) } else { ctx.upload("x", &x_buf) };
     let bias_gpu = ctx.upload("bias", &bias);
     let scale_gpu = ctx.upload("scale", &scale);
     let y_gpu = ctx.upload("y", &y0);
@@ -71,6 +73,10 @@ fn check(case: &Case, seed: u64) {
         y_stride: n,
         accumulate: case.accumulate,
     };
+    if shape == MatmulShape::Rowwise {
+        let aligned = k % 4 == 0 && x_stride % 4 == 0;
+        assert_eq!(rowwise_windows(ctx, &args).is_some(), case.window && aligned, "uniform window use");
+    }
     run(ctx, &matmul(ctx, &args, shape).unwrap());
     let got = read_f32(ctx, &y_gpu, m * n);
 
@@ -98,13 +104,16 @@ fn matmul_random_shapes_all_formats() {
     let mut seed = 1;
     for format in QuantFormat::ALL {
         for &(m, n, k) in &shapes {
-            for shape in [MatmulShape::Gemv, MatmulShape::Gemm] {
-                seed += 1;
-                let flags = seed % 4;
-                check(
-                    &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad: seed as usize % 5 },
-                    seed,
-                );
+            for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
+                for window in [false, true] {
+                    seed += 1;
+                    let flags = seed % 4;
+                    let x_pad = if window { 4 * (seed as usize % 2) } else { seed as usize % 5 };
+                    check(
+                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window },
+                        seed,
+                    );
+                }
             }
         }
     }
@@ -113,13 +122,27 @@ fn matmul_random_shapes_all_formats() {
 #[test]
 fn gemm_many_rows_all_formats() {
     for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
+        for shape in [MatmulShape::Gemm, MatmulShape::Rowwise] {
+            check(
+                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false },
+                100 + i as u64,
+            );
+        }
         check(
-            &Case { format, m: 130, n: 197, k: 176, shape: MatmulShape::Gemm, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1 },
-            100 + i as u64,
-        );
-        check(
-            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0 },
+            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true },
             200 + i as u64,
+        );
+    }
+}
+
+/// Many x rows through several 64 KiB uniform windows (130 rows × 1000
+/// inputs = 520 KB of x), and a window pinned to the end of the buffer.
+#[test]
+fn rowwise_across_uniform_windows() {
+    for format in [QuantFormat::Q4, QuantFormat::F32] {
+        check(
+            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true },
+            400,
         );
     }
 }
@@ -129,9 +152,9 @@ fn matmul_row_blocks_cover_the_output() {
     // A tiny binding limit splits the weights into several row blocks; every
     // output row must still be written exactly once, with the right bias.
     for format in QuantFormat::ALL {
-        for shape in [MatmulShape::Gemv, MatmulShape::Gemm] {
+        for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0 },
+                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true },
                 300,
             );
         }
@@ -147,7 +170,9 @@ fn gemv_7b_shapes() {
         (QuantFormat::Q8, 11008, 4096),
         (QuantFormat::F16, 4096, 4096),
     ] {
-        check(&Case { format, m: 1, n, k, shape: MatmulShape::Gemv, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0 }, n as u64 + k as u64);
+        for shape in [MatmulShape::Gemv, MatmulShape::Rowwise] {
+            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true }, n as u64 + k as u64);
+        }
     }
 }
 
@@ -157,7 +182,7 @@ fn gemv_7b_f32_splits_over_the_binding_limit() {
     let packed_bytes = QuantFormat::F32.bytes(11008, 4096);
     assert!(packed_bytes > 128 << 20);
     check(
-        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Gemv, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0 },
+        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true },
         77,
     );
 }

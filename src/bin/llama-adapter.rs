@@ -42,6 +42,9 @@ enum BenchWhat {
         /// Skip the GEMM runs.
         #[arg(long)]
         no_gemm: bool,
+        /// Kernel shape: auto (what the engine uses on this adapter), gemv, gemm or rowwise.
+        #[arg(long, default_value = "auto")]
+        shape: String,
     },
 }
 
@@ -57,20 +60,28 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let ctx = GpuContext::new_blocking(GpuOptions::from_env())?;
     match cli.command {
         Command::Info => println!("adapter: {}", ctx.info),
-        Command::Bench { what: BenchWhat::Kernels { reps, formats, gemm_rows, no_gemm } } => {
+        Command::Bench { what: BenchWhat::Kernels { reps, formats, gemm_rows, no_gemm, shape } } => {
+            let shape = match shape.as_str() {
+                "auto" => MatmulShape::Auto,
+                "gemv" => MatmulShape::Gemv,
+                "gemm" => MatmulShape::Gemm,
+                "rowwise" => MatmulShape::Rowwise,
+                other => return Err(format!("unknown shape {other:?} (expected auto, gemv, gemm or rowwise)").into()),
+            };
             let formats: Vec<QuantFormat> = formats
                 .iter()
                 .map(|f| QuantFormat::parse(f).ok_or_else(|| format!("unknown format {f:?} (expected f32, f16, q8 or q4)")))
                 .collect::<Result<_, _>>()?;
             println!("adapter: {}", ctx.info);
             println!("\nGEMV, one token (decode), y = x·Wᵀ; GB/s counts weight bytes read once per call");
-            println!("{:<6} {:>12} {:>7} {:>13} {:>12} {:>9}  clock", "format", "n x k", "blocks", "weight bytes", "time/call", "GB/s");
+            println!("{:<6} {:<8} {:>12} {:>7} {:>13} {:>12} {:>9}  clock", "format", "kernel", "n x k", "blocks", "weight bytes", "time/call", "GB/s");
             for &format in &formats {
                 for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
-                    let f = bench_matmul(&ctx, format, 1, n, k, MatmulShape::Gemv, reps)?;
+                    let f = bench_matmul(&ctx, format, 1, n, k, shape, reps)?;
                     println!(
-                        "{:<6} {:>12} {:>7} {:>13} {:>9.3} ms {:>9.2}  {}",
+                        "{:<6} {:<8} {:>12} {:>7} {:>13} {:>9.3} ms {:>9.2}  {}",
                         format.name(),
+                        f.shape,
                         format!("{n}x{k}"),
                         f.blocks,
                         f.weight_bytes,
@@ -82,12 +93,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if !no_gemm {
                 println!("\nGEMM, {gemm_rows} rows (prefill), 4096x4096");
-                println!("{:<6} {:>14} {:>12} {:>10}  clock", "format", "m x n x k", "time/call", "GFLOP/s");
+                println!("{:<6} {:<8} {:>14} {:>12} {:>10}  clock", "format", "kernel", "m x n x k", "time/call", "GFLOP/s");
                 for &format in &formats {
-                    let f = bench_matmul(&ctx, format, gemm_rows, 4096, 4096, MatmulShape::Gemm, reps.div_ceil(4))?;
+                    let f = bench_matmul(&ctx, format, gemm_rows, 4096, 4096, shape, reps.div_ceil(4))?;
                     println!(
-                        "{:<6} {:>14} {:>9.3} ms {:>10.2}  {}",
+                        "{:<6} {:<8} {:>14} {:>9.3} ms {:>10.2}  {}",
                         format.name(),
+                        f.shape,
                         format!("{gemm_rows}x4096x4096"),
                         f.seconds * 1e3,
                         f.gflops(),

@@ -129,6 +129,10 @@ impl Dispatch {
     }
 }
 
+/// Size of the uniform window through which the rowwise matmul reads x: the
+/// WebGPU default `maxUniformBufferBindingSize`.
+pub const UNIFORM_WINDOW_BYTES: u64 = 65536;
+
 /// wgpu's limit on workgroups per grid dimension.
 pub const MAX_GRID_DIM: u32 = 65535;
 
@@ -157,6 +161,10 @@ pub struct GpuContext {
     fault: ErrorSlot,
     /// A 16-byte zeroed buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
+    /// A zeroed uniform window, bound where a kernel reads x from storage instead.
+    dummy_window: wgpu::Buffer,
+    /// Required alignment of a uniform binding's offset.
+    pub uniform_offset_alignment: u64,
 }
 
 impl GpuContext {
@@ -268,6 +276,12 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let dummy_window = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy window"),
+            size: UNIFORM_WINDOW_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: false,
+        });
         Ok(GpuContext {
             device,
             queue,
@@ -276,6 +290,8 @@ impl GpuContext {
             kernels: RefCell::new(HashMap::new()),
             fault,
             dummy,
+            dummy_window,
+            uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment as u64,
         })
     }
 
@@ -296,6 +312,11 @@ impl GpuContext {
     /// A small zeroed storage buffer for optional inputs that are absent.
     pub fn dummy(&self) -> &wgpu::Buffer {
         &self.dummy
+    }
+
+    /// A zeroed [`UNIFORM_WINDOW_BYTES`] uniform buffer.
+    pub fn dummy_window(&self) -> &wgpu::Buffer {
+        &self.dummy_window
     }
 
     /// A compute kernel from a WGSL source, cached by (name, entry, constants).
@@ -386,6 +407,17 @@ impl GpuContext {
         Dispatch { pipeline: kernel.pipeline.clone(), bind_group, workgroups }
     }
 
+    /// Like [`GpuContext::dispatch`], with explicit binding ranges.
+    pub fn dispatch_bindings(&self, kernel: &Kernel, bindings: &[wgpu::BindingResource], workgroups: [u32; 3]) -> Dispatch {
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &kernel.layout, entries: &entries });
+        Dispatch { pipeline: kernel.pipeline.clone(), bind_group, workgroups }
+    }
+
     /// Records `dispatches` in one compute pass and submits them.
     pub fn submit(&self, dispatches: &[&Dispatch]) -> Result<(), GpuError> {
         self.check()?;
@@ -406,9 +438,18 @@ impl GpuContext {
         if bytes.is_empty() {
             return self.storage(label, 16);
         }
+        // Whole 16-byte words, so kernels may view any buffer as vec4s.
+        let mut padded;
+        let contents = if bytes.len() % 16 == 0 {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(16), 0);
+            &padded[..]
+        };
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytes,
+            contents,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         })
     }
@@ -421,6 +462,30 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
+    }
+
+    /// A zeroed buffer for activations: storage, and also bindable as a
+    /// uniform window ([`UNIFORM_WINDOW_BYTES`], so at least that large),
+    /// which the CPU-adapter matmul reads far faster.
+    pub fn activations(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            // A multiple of the offset alignment, so that a window can end
+            // exactly at the end of the buffer.
+            size: bytes.max(UNIFORM_WINDOW_BYTES).next_multiple_of(self.uniform_offset_alignment.max(16)),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// [`GpuContext::activations`] holding `data`.
+    pub fn upload_activations(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        let buffer = self.activations(label, (data.len() * 4) as u64);
+        self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        buffer
     }
 
     /// Like [`GpuContext::storage`], but a failed allocation is a typed error.

@@ -7,12 +7,13 @@
 //! four in f32; the 11008×4096 FFN matrices are one block except in f32 (two).
 
 use crate::format::quant::{PackedMatrix, QuantFormat};
-use crate::gpu::{Dispatch, GpuContext, GpuError, Slot};
+use crate::gpu::{Dispatch, GpuContext, GpuError, Slot, MAX_GRID_DIM, UNIFORM_WINDOW_BYTES};
 
 use super::{require, to_u32};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/quant_common.wgsl"), include_str!("../../shaders/matmul.wgsl"));
 const SLOTS: [Slot; 6] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
+const ROWWISE_SLOTS: [Slot; 8] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::Uniform, Slot::Read];
 
 /// Rows per GEMV workgroup and the GEMM tile edge (must match the shader).
 pub const GEMV_ROWS: usize = 8;
@@ -80,22 +81,29 @@ struct Params {
     x_offset: u32,
     x_stride: u32,
     flags: u32,
-    _pad: u32,
+    t_first: u32,
 }
 
 /// Which kernel shape to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulShape {
-    /// One pass over the weights per x row: decode.
+    /// Lanes split each weight row, coalesced reads: decode on real GPUs.
     Gemv,
-    /// Tiled: many x rows (prefill, vision).
+    /// 64×64 tiles through workgroup memory: many x rows on real GPUs.
     Gemm,
-    /// GEMV below [`GEMM_MIN_ROWS`] x rows, else GEMM.
+    /// One invocation per output feature and 4 x rows, x through a uniform
+    /// window: the fast shape on CPU-backed adapters (lavapipe, SwiftShader).
+    Rowwise,
+    /// `Rowwise` on CPU adapters; elsewhere GEMV below [`GEMM_MIN_ROWS`] x
+    /// rows, else GEMM.
     Auto,
 }
 
-/// From this many x rows on, `Auto` picks the tiled GEMM.
+/// From this many x rows on, `Auto` picks the tiled GEMM on real GPUs.
 pub const GEMM_MIN_ROWS: usize = 8;
+/// x rows per invocation of the rowwise shape (1 when there is only one).
+pub const ROWWISE_TOKENS: usize = 4;
+const ROWWISE_WORKGROUP: usize = 64;
 
 /// Operands of one matmul. x is `m` rows of `weight.cols` inputs, row `t` at
 /// element `x_offset + t·x_stride`; y row `t` gets `weight.rows` outputs at
@@ -116,7 +124,67 @@ pub struct MatmulArgs<'a> {
     pub accumulate: bool,
 }
 
-/// Prepares the dispatches (one per row block) of y = (x·Wᵀ + b) ⊙ s.
+/// The shape `Auto` resolves to on this device.
+pub fn resolve_shape(ctx: &GpuContext, shape: MatmulShape, m: usize) -> MatmulShape {
+    match shape {
+        MatmulShape::Auto if ctx.info.device_type == "Cpu" => MatmulShape::Rowwise,
+        MatmulShape::Auto if m >= GEMM_MIN_ROWS => MatmulShape::Gemm,
+        MatmulShape::Auto => MatmulShape::Gemv,
+        other => other,
+    }
+}
+
+/// A run of x rows for one rowwise dispatch, read through a uniform window
+/// (`window`: byte offset in x) or straight from storage (`None`).
+struct RowChunk {
+    t_first: usize,
+    rows: usize,
+    window: Option<u64>,
+}
+
+/// Splits x's rows into chunks whose rows fit one 64 KiB uniform window, or
+/// returns one storage-read chunk when the window cannot be used.
+fn rowwise_chunks(ctx: &GpuContext, args: &MatmulArgs) -> Vec<RowChunk> {
+    let k = args.weight.cols;
+    let window_elems = (UNIFORM_WINDOW_BYTES / 4) as usize;
+    let usable = args.x.usage().contains(wgpu::BufferUsages::UNIFORM)
+        && args.x.size() >= UNIFORM_WINDOW_BYTES
+        && args.x_offset % 4 == 0
+        && (args.x_stride % 4 == 0 || args.m == 1)
+        && k % 4 == 0;
+    let storage = vec![RowChunk { t_first: 0, rows: args.m, window: None }];
+    if !usable {
+        return storage;
+    }
+    let align = ctx.uniform_offset_alignment.max(4);
+    let last_start = (args.x.size() - UNIFORM_WINDOW_BYTES) / align * align;
+    let mut chunks = Vec::new();
+    let mut t = 0;
+    while t < args.m {
+        let first = ((args.x_offset + t * args.x_stride) * 4) as u64;
+        let window = (first / align * align).min(last_start);
+        let residual = ((first - window) / 4) as usize;
+        if residual + k > window_elems {
+            return storage;
+        }
+        let fit = if args.x_stride == 0 { args.m - t } else { (window_elems - residual - k) / args.x_stride + 1 };
+        let rows = fit.min(args.m - t).min(ROWWISE_TOKENS * crate::gpu::MAX_GRID_DIM as usize);
+        chunks.push(RowChunk { t_first: t, rows, window: Some(window) });
+        t += rows;
+    }
+    chunks
+}
+
+/// How many uniform windows the rowwise shape reads x through for these
+/// operands, or `None` when it must read x from storage (x not created by
+/// `GpuContext::activations`, or misaligned).
+pub fn rowwise_windows(ctx: &GpuContext, args: &MatmulArgs) -> Option<usize> {
+    let chunks = rowwise_chunks(ctx, args);
+    chunks[0].window.map(|_| chunks.len())
+}
+
+/// Prepares the dispatches of y = (x·Wᵀ + b) ⊙ s: one per row block of the
+/// weights (and, for the rowwise shape, per uniform window of x rows).
 pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result<Vec<Dispatch>, GpuError> {
     let w = args.weight;
     if args.m == 0 {
@@ -133,42 +201,75 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
     if let Some(s) = args.scale {
         require(s, w.rows as u64, "matmul scale")?;
     }
-    let use_gemm = match shape {
-        MatmulShape::Gemv => false,
-        MatmulShape::Gemm => true,
-        MatmulShape::Auto => args.m >= GEMM_MIN_ROWS,
-    };
-    let entry = if use_gemm { "gemm" } else { "gemv" };
-    let kernel = ctx.kernel("matmul", SOURCE, entry, &SLOTS, &[("FORMAT", w.format.shader_code() as f64)])?;
+    let shape = resolve_shape(ctx, shape, args.m);
     let flags = args.bias.is_some() as u32 | (args.scale.is_some() as u32) << 1 | (args.accumulate as u32) << 2;
-    let mut dispatches = Vec::with_capacity(w.blocks.len());
+    let bias = args.bias.unwrap_or(ctx.dummy());
+    let scale = args.scale.unwrap_or(ctx.dummy());
+    let format = ("FORMAT", w.format.shader_code() as f64);
+    let chunks = match shape {
+        MatmulShape::Rowwise => rowwise_chunks(ctx, args),
+        _ => vec![RowChunk { t_first: 0, rows: args.m, window: None }],
+    };
+    let mut dispatches = Vec::with_capacity(w.blocks.len() * chunks.len());
     for block in &w.blocks {
-        let params = Params {
-            m: to_u32(args.m, "m")?,
-            n: to_u32(block.rows, "n")?,
-            k: to_u32(w.cols, "k")?,
-            row_words: to_u32(w.format.row_words(w.cols), "row_words")?,
-            groups: to_u32(w.format.groups(w.cols), "groups")?,
-            scale_base: to_u32(block.rows * w.format.row_words(w.cols), "scale_base")?,
-            out_offset: to_u32(block.row_start, "out_offset")?,
-            out_stride: to_u32(args.y_stride, "y_stride")?,
-            x_offset: to_u32(args.x_offset, "x_offset")?,
-            x_stride: to_u32(args.x_stride, "x_stride")?,
-            flags,
-            _pad: 0,
-        };
-        let uniform = ctx.uniform("matmul params", &params);
-        let grid = if use_gemm {
-            [block.rows.div_ceil(GEMM_TILE) as u32, args.m.div_ceil(GEMM_TILE) as u32, 1]
-        } else {
-            [block.rows.div_ceil(GEMV_ROWS) as u32, to_u32(args.m, "m")?, 1]
-        };
-        if grid[0] > crate::gpu::MAX_GRID_DIM || grid[1] > crate::gpu::MAX_GRID_DIM {
-            return Err(GpuError::InvalidArgument(format!("matmul grid {grid:?} exceeds 65535 workgroups per dimension")));
+        for chunk in &chunks {
+            let x_offset = match chunk.window {
+                Some(window) => args.x_offset + chunk.t_first * args.x_stride - (window / 4) as usize,
+                None => args.x_offset + chunk.t_first * args.x_stride,
+            };
+            let params = Params {
+                m: to_u32(chunk.rows, "m")?,
+                n: to_u32(block.rows, "n")?,
+                k: to_u32(w.cols, "k")?,
+                row_words: to_u32(w.format.row_words(w.cols), "row_words")?,
+                groups: to_u32(w.format.groups(w.cols), "groups")?,
+                scale_base: to_u32(block.rows * w.format.row_words(w.cols), "scale_base")?,
+                out_offset: to_u32(block.row_start, "out_offset")?,
+                out_stride: to_u32(args.y_stride, "y_stride")?,
+                x_offset: to_u32(x_offset, "x_offset")?,
+                x_stride: to_u32(args.x_stride, "x_stride")?,
+                flags,
+                t_first: to_u32(chunk.t_first, "t_first")?,
+            };
+            let uniform = ctx.uniform("matmul params", &params);
+            let (grid, dispatch) = match shape {
+                MatmulShape::Rowwise => {
+                    let tokens = if chunk.rows == 1 { 1 } else { ROWWISE_TOKENS };
+                    let grid = [block.rows.div_ceil(ROWWISE_WORKGROUP) as u32, chunk.rows.div_ceil(tokens) as u32, 1];
+                    let constants = [format, ("X_UNIFORM", chunk.window.is_some() as u8 as f64), ("ROWWISE_TOKENS", tokens as f64)];
+                    let kernel = ctx.kernel("matmul", SOURCE, "rowwise", &ROWWISE_SLOTS, &constants)?;
+                    let window = match chunk.window {
+                        Some(offset) => wgpu::BufferBinding { buffer: args.x, offset, size: std::num::NonZeroU64::new(UNIFORM_WINDOW_BYTES) },
+                        None => wgpu::BufferBinding { buffer: ctx.dummy_window(), offset: 0, size: None },
+                    };
+                    let bindings = [
+                        uniform.as_entire_binding(),
+                        args.x.as_entire_binding(),
+                        block.buffer.as_entire_binding(),
+                        bias.as_entire_binding(),
+                        scale.as_entire_binding(),
+                        args.y.as_entire_binding(),
+                        wgpu::BindingResource::Buffer(window),
+                        block.buffer.as_entire_binding(),
+                    ];
+                    (grid, ctx.dispatch_bindings(&kernel, &bindings, grid))
+                }
+                MatmulShape::Gemm => {
+                    let grid = [block.rows.div_ceil(GEMM_TILE) as u32, args.m.div_ceil(GEMM_TILE) as u32, 1];
+                    let kernel = ctx.kernel("matmul", SOURCE, "gemm", &SLOTS, &[format])?;
+                    (grid, ctx.dispatch(&kernel, &[&uniform, args.x, &block.buffer, bias, scale, args.y], grid))
+                }
+                _ => {
+                    let grid = [block.rows.div_ceil(GEMV_ROWS) as u32, to_u32(args.m, "m")?, 1];
+                    let kernel = ctx.kernel("matmul", SOURCE, "gemv", &SLOTS, &[format])?;
+                    (grid, ctx.dispatch(&kernel, &[&uniform, args.x, &block.buffer, bias, scale, args.y], grid))
+                }
+            };
+            if grid[0] > MAX_GRID_DIM || grid[1] > MAX_GRID_DIM {
+                return Err(GpuError::InvalidArgument(format!("matmul grid {grid:?} exceeds {MAX_GRID_DIM} workgroups per dimension")));
+            }
+            dispatches.push(dispatch);
         }
-        let bias = args.bias.unwrap_or(ctx.dummy());
-        let scale = args.scale.unwrap_or(ctx.dummy());
-        dispatches.push(ctx.dispatch(&kernel, &[&uniform, args.x, &block.buffer, bias, scale, args.y], grid));
     }
     Ok(dispatches)
 }
