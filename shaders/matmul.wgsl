@@ -288,15 +288,30 @@ fn rowwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
     var acc = vec4<f32>(0.0);
     let full_groups = params.k / QGROUP;
     let aligned = (params.row_words % 4u) == 0u;
+    // With a multiple of 8 groups per row, the f16 scales of 8 groups come
+    // in one 16-byte load (the scale region starts 16-byte aligned).
+    let scales8 = (params.groups % 8u) == 0u;
+    var scale_words = vec4<u32>(0u);
     for (var c = 0u; c < full_groups; c++) {
         let k0 = c * QGROUP;
         var part = vec4<f32>(0.0);
+        var s = 0.0;
+        if (FORMAT == FMT_Q4 || FORMAT == FMT_Q8) {
+            if (scales8) {
+                if (c % 8u == 0u) {
+                    scale_words = weights4[(params.scale_base + (j * params.groups + c) / 2u) / 4u];
+                }
+                s = unpack2x16float(scale_words[(c % 8u) / 2u])[c % 2u];
+            } else {
+                s = group_scale(params.scale_base, j * params.groups + c);
+            }
+        }
         if (FORMAT == FMT_Q4) {
             let q = weights4[(j * params.row_words + c * 4u) / 4u];
             for (var i = 0u; i < 4u; i++) {
                 part += dot4(q4_lo(q[i]), t0, t_last, k0 + 8u * i) + dot4(q4_hi(q[i]), t0, t_last, k0 + 8u * i + 4u);
             }
-            acc += part * group_scale(params.scale_base, j * params.groups + c);
+            acc += part * s;
         } else if (FORMAT == FMT_Q8) {
             for (var h = 0u; h < 2u; h++) {
                 let q = weights4[(j * params.row_words + c * 8u) / 4u + h];
@@ -304,7 +319,7 @@ fn rowwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
                     part += dot4(q8_4(q[i]), t0, t_last, k0 + 16u * h + 4u * i);
                 }
             }
-            acc += part * group_scale(params.scale_base, j * params.groups + c);
+            acc += part * s;
         } else if (FORMAT == FMT_F16) {
             let base = j * params.row_words + c * 16u;
             for (var h = 0u; h < 4u; h++) {
