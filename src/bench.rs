@@ -122,3 +122,26 @@ pub fn bench_matmul(ctx: &GpuContext, format: QuantFormat, m: usize, n: usize, k
         clock,
     })
 }
+
+/// Host memory bandwidth (GB/s) by copying a 256 MiB buffer on all cores: the
+/// roofline of a CPU-backed adapter, whose "device memory" is host memory.
+pub fn host_copy_bandwidth() -> f64 {
+    const BYTES: usize = 256 << 20;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let src = vec![1u8; BYTES];
+    let mut dst = vec![0u8; BYTES];
+    let chunk = BYTES / threads;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                scope.spawn(move || d.copy_from_slice(s));
+            }
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    // A copy reads and writes every byte.
+    2.0 * BYTES as f64 / best / 1e9
+}

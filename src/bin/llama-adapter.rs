@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use llama_adapter_web::bench::bench_matmul;
+use llama_adapter_web::bench::{bench_matmul, host_copy_bandwidth};
 use llama_adapter_web::format::quant::QuantFormat;
 use llama_adapter_web::gpu::{GpuContext, GpuOptions};
 use llama_adapter_web::kernels::matmul::MatmulShape;
@@ -73,13 +73,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|f| QuantFormat::parse(f).ok_or_else(|| format!("unknown format {f:?} (expected f32, f16, q8 or q4)")))
                 .collect::<Result<_, _>>()?;
             println!("adapter: {}", ctx.info);
+            let roofline = if ctx.info.device_type == "Cpu" {
+                let bw = host_copy_bandwidth();
+                println!("host memory bandwidth (copy, all cores): {bw:.2} GB/s = the roofline of this CPU-backed adapter");
+                Some(bw)
+            } else {
+                None
+            };
             println!("\nGEMV, one token (decode), y = x·Wᵀ; GB/s counts weight bytes read once per call");
-            println!("{:<6} {:<8} {:>12} {:>7} {:>13} {:>12} {:>9}  clock", "format", "kernel", "n x k", "blocks", "weight bytes", "time/call", "GB/s");
+            println!("{:<6} {:<8} {:>12} {:>7} {:>13} {:>12} {:>9} {:>9}  clock", "format", "kernel", "n x k", "blocks", "weight bytes", "time/call", "GB/s", "roofline");
             for &format in &formats {
                 for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
                     let f = bench_matmul(&ctx, format, 1, n, k, shape, reps)?;
                     println!(
-                        "{:<6} {:<8} {:>12} {:>7} {:>13} {:>9.3} ms {:>9.2}  {}",
+                        "{:<6} {:<8} {:>12} {:>7} {:>13} {:>9.3} ms {:>9.2} {:>9}  {}",
                         format.name(),
                         f.shape,
                         format!("{n}x{k}"),
@@ -87,6 +94,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         f.weight_bytes,
                         f.seconds * 1e3,
                         f.gbps(),
+                        roofline.map_or("-".to_string(), |bw| format!("{:.1}%", 100.0 * f.gbps() / bw)),
                         f.clock.name()
                     );
                 }
