@@ -9,8 +9,13 @@
 pub mod format;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod reference;
+pub mod text;
 pub mod util;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;

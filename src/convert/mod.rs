@@ -1,0 +1,5 @@
+//! Native-only readers of the checkpoints users have, and the writer of the
+//! web format.
+
+pub mod pickle;
+pub mod sentencepiece;

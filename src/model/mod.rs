@@ -1,0 +1,3 @@
+//! The model: configuration, weights, and the forward passes.
+
+pub mod config;

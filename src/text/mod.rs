@@ -1,0 +1,4 @@
+//! Text side: tokenizer, prompt template.
+
+pub mod prompt;
+pub mod tokenizer;
