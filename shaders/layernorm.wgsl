@@ -7,7 +7,11 @@ struct Params {
     rows: u32,
     dim: u32,
     eps: f32,
-    _pad: u32,
+    x_offset: u32,   // element index of x[0, 0]
+    y_offset: u32,   // element index of y[0, 0]
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -36,18 +40,19 @@ fn layernorm(@builtin(local_invocation_index) lid: u32,
              @builtin(num_workgroups) nwg: vec3<u32>) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; }  // uniform per workgroup
-    let base = row * params.dim;
+    let xb = params.x_offset + row * params.dim;
+    let yb = params.y_offset + row * params.dim;
     let n = f32(params.dim);
     var s1 = 0.0;
-    for (var i = lid; i < params.dim; i += 256u) { s1 += x[base + i]; }
+    for (var i = lid; i < params.dim; i += 256u) { s1 += x[xb + i]; }
     let mean = workgroup_sum(lid, s1) / n;
     var s2 = 0.0;
     for (var i = lid; i < params.dim; i += 256u) {
-        let d = x[base + i] - mean;
+        let d = x[xb + i] - mean;
         s2 += d * d;
     }
     let inv = inverseSqrt(workgroup_sum(lid, s2) / n + params.eps);
     for (var i = lid; i < params.dim; i += 256u) {
-        y[base + i] = (x[base + i] - mean) * inv * weight[i] + bias[i];
+        y[yb + i] = (x[xb + i] - mean) * inv * weight[i] + bias[i];
     }
 }

@@ -27,6 +27,10 @@ struct Params {
     x_stride: u32,     // elements per row of x
     flags: u32,        // bit 0: add bias, bit 1: multiply by scale, bit 2: accumulate into y
     t_first: u32,      // rowwise: first x row of this dispatch (x_offset is relative to it)
+    y_offset: u32,     // element index of y[0, 0]
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override FORMAT: u32 = 0u;
@@ -47,7 +51,7 @@ fn store_output(t: u32, j: u32, value: f32) {
     var v = value;
     if ((params.flags & 1u) != 0u) { v += bias[col]; }
     if ((params.flags & 2u) != 0u) { v *= out_scale[col]; }
-    let i = t * params.out_stride + col;
+    let i = params.y_offset + t * params.out_stride + col;
     if ((params.flags & 4u) != 0u) { v += y[i]; }
     y[i] = v;
 }

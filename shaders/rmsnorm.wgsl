@@ -6,7 +6,11 @@ struct Params {
     rows: u32,
     dim: u32,
     eps: f32,
-    _pad: u32,
+    x_offset: u32,   // element index of x[0, 0]
+    y_offset: u32,   // element index of y[0, 0]
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -22,10 +26,11 @@ fn rmsnorm(@builtin(local_invocation_index) lid: u32,
            @builtin(num_workgroups) nwg: vec3<u32>) {
     let row = wid.y * nwg.x + wid.x;
     if (row >= params.rows) { return; }  // uniform per workgroup
-    let base = row * params.dim;
+    let xb = params.x_offset + row * params.dim;
+    let yb = params.y_offset + row * params.dim;
     var ss = 0.0;
     for (var i = lid; i < params.dim; i += 256u) {
-        let v = x[base + i];
+        let v = x[xb + i];
         ss += v * v;
     }
     red[lid] = ss;
@@ -36,6 +41,6 @@ fn rmsnorm(@builtin(local_invocation_index) lid: u32,
     }
     let inv = inverseSqrt(red[0] / f32(params.dim) + params.eps);
     for (var i = lid; i < params.dim; i += 256u) {
-        y[base + i] = x[base + i] * inv * weight[i];
+        y[yb + i] = x[xb + i] * inv * weight[i];
     }
 }

@@ -107,7 +107,7 @@ pub fn bench_matmul(ctx: &GpuContext, format: QuantFormat, m: usize, n: usize, k
     let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric(1.0)).collect();
     let x = ctx.upload_activations("bench x", &x);
     let y = ctx.activations("bench y", (m * n * 4) as u64);
-    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_stride: n, accumulate: false };
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: n, accumulate: false };
     let dispatches = matmul(ctx, &args, shape)?;
     let (seconds, clock) = time_dispatches(ctx, &dispatches, reps)?;
     Ok(MatmulFigure {

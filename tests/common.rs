@@ -22,6 +22,11 @@ pub fn gpu() -> &'static GpuContext {
     CTX.with(|c| *c)
 }
 
+/// A fresh context of its own (for APIs that take ownership).
+pub fn gpu_shared() -> GpuContext {
+    open_gpu()
+}
+
 /// Submits the dispatches and waits.
 pub fn run(ctx: &GpuContext, dispatches: &[Dispatch]) {
     let refs: Vec<&Dispatch> = dispatches.iter().collect();
@@ -55,4 +60,28 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -
             tol(i)
         );
     }
+}
+
+/// Reads a little-endian, C-order .npy file of f32 or i32 (as f32) values.
+pub fn read_npy(path: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{path}: not an npy file");
+    let (header_len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{path}: Fortran order");
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data = &bytes[start + header_len..];
+    let values = if header.contains("'<f4'") {
+        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    } else if header.contains("'<i4'") {
+        data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+    } else {
+        panic!("{path}: unsupported dtype in {header}")
+    };
+    (shape, values)
 }

@@ -70,6 +70,7 @@ fn check(case: &Case, seed: u64) {
         bias: case.bias.then_some(&bias_gpu),
         scale: case.scale.then_some(&scale_gpu),
         y: &y_gpu,
+        y_offset: 0,
         y_stride: n,
         accumulate: case.accumulate,
     };
@@ -194,7 +195,7 @@ fn matmul_rejects_mismatched_buffers() {
     let weight = GpuMatrix::upload(ctx, "w", &packed).unwrap();
     let x = ctx.upload("x", &vec![1f32; 32]); // too short for k = 64
     let y = ctx.storage("y", 8 * 4);
-    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_stride: 8, accumulate: false };
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 8, accumulate: false };
     let err = matmul(ctx, &args, MatmulShape::Auto).err().expect("short x must be rejected");
     assert!(err.to_string().contains("matmul x"), "{err}");
 }

@@ -1,5 +1,6 @@
 //! Native-only readers of the checkpoints users have, and the writer of the
 //! web format.
 
+pub mod checkpoint;
 pub mod pickle;
 pub mod sentencepiece;

@@ -15,7 +15,9 @@ struct Params {
     rows: u32,
     dim: u32,
     eps: f32,
-    _pad: u32,
+    x_offset: u32,
+    y_offset: u32,
+    _pad: [u32; 3],
 }
 
 /// y[r] = (x[r] − mean)·rsqrt(var + eps)·weight + bias, for `rows` rows of `dim`.
@@ -30,8 +32,26 @@ pub fn layernorm(
     dim: usize,
     eps: f32,
 ) -> Result<Dispatch, GpuError> {
-    require(x, (rows * dim) as u64, "layernorm x")?;
-    require(y, (rows * dim) as u64, "layernorm y")?;
+    layernorm_at(ctx, x, 0, weight, bias, y, 0, rows, dim, eps)
+}
+
+/// [`layernorm`] on rows starting at element `x_offset` of x, written from
+/// element `y_offset` of y.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_at(
+    ctx: &GpuContext,
+    x: &wgpu::Buffer,
+    x_offset: usize,
+    weight: &wgpu::Buffer,
+    bias: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    y_offset: usize,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<Dispatch, GpuError> {
+    require(x, (x_offset + rows * dim) as u64, "layernorm x")?;
+    require(y, (y_offset + rows * dim) as u64, "layernorm y")?;
     require(weight, dim as u64, "layernorm weight")?;
     require(bias, dim as u64, "layernorm bias")?;
     let kernel = ctx.kernel(
@@ -41,7 +61,14 @@ pub fn layernorm(
         &[Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
         &[],
     )?;
-    let params = Params { rows: to_u32(rows, "rows")?, dim: to_u32(dim, "dim")?, eps, _pad: 0 };
+    let params = Params {
+        rows: to_u32(rows, "rows")?,
+        dim: to_u32(dim, "dim")?,
+        eps,
+        x_offset: to_u32(x_offset, "x_offset")?,
+        y_offset: to_u32(y_offset, "y_offset")?,
+        _pad: [0; 3],
+    };
     let uniform = ctx.uniform("layernorm params", &params);
     Ok(ctx.dispatch(&kernel, &[&uniform, x, weight, bias, y], grid_1d(params.rows)))
 }

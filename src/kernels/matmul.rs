@@ -82,6 +82,8 @@ struct Params {
     x_stride: u32,
     flags: u32,
     t_first: u32,
+    y_offset: u32,
+    _pad: [u32; 3],
 }
 
 /// Which kernel shape to use.
@@ -107,7 +109,7 @@ const ROWWISE_WORKGROUP: usize = 64;
 
 /// Operands of one matmul. x is `m` rows of `weight.cols` inputs, row `t` at
 /// element `x_offset + t·x_stride`; y row `t` gets `weight.rows` outputs at
-/// element `t·y_stride`.
+/// element `y_offset + t·y_stride`.
 pub struct MatmulArgs<'a> {
     pub x: &'a wgpu::Buffer,
     pub x_offset: usize,
@@ -119,6 +121,7 @@ pub struct MatmulArgs<'a> {
     /// Per-output scale (`weight.rows` f32).
     pub scale: Option<&'a wgpu::Buffer>,
     pub y: &'a wgpu::Buffer,
+    pub y_offset: usize,
     pub y_stride: usize,
     /// Add into y instead of overwriting it (fuses a residual add).
     pub accumulate: bool,
@@ -191,7 +194,7 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
         return Ok(Vec::new());
     }
     require(args.x, (args.x_offset + (args.m - 1) * args.x_stride + w.cols) as u64, "matmul x")?;
-    require(args.y, ((args.m - 1) * args.y_stride + w.rows) as u64, "matmul y")?;
+    require(args.y, (args.y_offset + (args.m - 1) * args.y_stride + w.rows) as u64, "matmul y")?;
     if args.y_stride < w.rows {
         return Err(GpuError::InvalidArgument(format!("matmul: y stride {} < {} outputs", args.y_stride, w.rows)));
     }
@@ -230,6 +233,8 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
                 x_stride: to_u32(args.x_stride, "x_stride")?,
                 flags,
                 t_first: to_u32(chunk.t_first, "t_first")?,
+                y_offset: to_u32(args.y_offset, "y_offset")?,
+                _pad: [0; 3],
             };
             let uniform = ctx.uniform("matmul params", &params);
             let (grid, dispatch) = match shape {

@@ -12,7 +12,9 @@ struct Params {
     rows: u32,
     dim: u32,
     eps: f32,
-    _pad: u32,
+    x_offset: u32,
+    y_offset: u32,
+    _pad: [u32; 3],
 }
 
 /// y[r] = x[r] · rsqrt(mean(x[r]²) + eps) · weight, for `rows` rows of `dim`.
@@ -25,8 +27,25 @@ pub fn rmsnorm(
     dim: usize,
     eps: f32,
 ) -> Result<Dispatch, GpuError> {
-    require(x, (rows * dim) as u64, "rmsnorm x")?;
-    require(y, (rows * dim) as u64, "rmsnorm y")?;
+    rmsnorm_at(ctx, x, 0, weight, y, 0, rows, dim, eps)
+}
+
+/// [`rmsnorm`] on rows starting at element `x_offset` of x, written from
+/// element `y_offset` of y.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_at(
+    ctx: &GpuContext,
+    x: &wgpu::Buffer,
+    x_offset: usize,
+    weight: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    y_offset: usize,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<Dispatch, GpuError> {
+    require(x, (x_offset + rows * dim) as u64, "rmsnorm x")?;
+    require(y, (y_offset + rows * dim) as u64, "rmsnorm y")?;
     require(weight, dim as u64, "rmsnorm weight")?;
     let kernel = ctx.kernel(
         "rmsnorm",
@@ -35,7 +54,14 @@ pub fn rmsnorm(
         &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
         &[],
     )?;
-    let params = Params { rows: to_u32(rows, "rows")?, dim: to_u32(dim, "dim")?, eps, _pad: 0 };
+    let params = Params {
+        rows: to_u32(rows, "rows")?,
+        dim: to_u32(dim, "dim")?,
+        eps,
+        x_offset: to_u32(x_offset, "x_offset")?,
+        y_offset: to_u32(y_offset, "y_offset")?,
+        _pad: [0; 3],
+    };
     let uniform = ctx.uniform("rmsnorm params", &params);
     Ok(ctx.dispatch(&kernel, &[&uniform, x, weight, y], grid_1d(params.rows)))
 }

@@ -1,0 +1,350 @@
+//! `llama-adapter convert`: official checkpoints → base and adapter packages.
+//!
+//! Reads Meta's LLaMA folder (`params.json`, `consolidated.00.pth`,
+//! `tokenizer.model`), OpenAI's CLIP state dict (`visual.*` keys, `.pth`),
+//! and the official adapter `{model, config}` `.pth` (BIAS, LORA-BIAS and our
+//! early-fusion extension). Hyperparameters the files do not carry come from
+//! the shapes (query_len, query_layer, v_embed_dim, v_depth, CLIP's width,
+//! layers and patch, heads = width/64), from the adapter's config when it has
+//! them, or from flags with the official 7B defaults.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::pickle::{Checkpoint, PickleError, TensorRef, Value};
+use super::sentencepiece::{SentencePieceError, SentencePieceModel};
+use crate::format::package::{sha256_hex, FileEntry, FormatError, Manifest, PackageKind, PackageWriter};
+use crate::format::quant::QuantFormat;
+use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, LlamaConfig, ModelConfig};
+use crate::model::weights::{adapter_specs, base_specs};
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Storage of the large 2-D weights; norms, biases, gates, prompts stay f32.
+    pub quant: QuantFormat,
+    pub v_num_heads: Option<usize>,
+    pub max_seq_len: usize,
+    pub rope_theta: f32,
+    pub channel_order: ChannelOrder,
+    /// Largest shard file.
+    pub shard_bytes: u64,
+    /// Largest piece of one tensor (one GPU binding).
+    pub piece_bytes: u64,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            quant: QuantFormat::Q4,
+            v_num_heads: None,
+            max_seq_len: 512,
+            rope_theta: 10000.0,
+            channel_order: ChannelOrder::Bgr,
+            shard_bytes: 64 << 20,
+            piece_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Pickle(#[from] PickleError),
+    #[error(transparent)]
+    Tokenizer(#[from] SentencePieceError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("{file}: {reason}")]
+    BadInput { file: String, reason: String },
+    #[error("{file}: unexpected keys (not part of LLaMA-Adapter V2): {keys}")]
+    UnknownKeys { file: String, keys: String },
+    #[error("{file}: missing keys: {keys}")]
+    MissingKeys { file: String, keys: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+fn bad(file: &str, reason: impl Into<String>) -> ConvertError {
+    ConvertError::BadInput { file: file.into(), reason: reason.into() }
+}
+
+/// A source of named tensors (one opened checkpoint).
+struct Source {
+    ckpt: Checkpoint,
+    tensors: HashMap<String, TensorRef>,
+}
+
+impl Source {
+    fn open(path: &Path) -> Result<Source, ConvertError> {
+        let ckpt = Checkpoint::open(path)?;
+        let tensors = ckpt.tensors();
+        Ok(Source { ckpt, tensors })
+    }
+    fn file(&self) -> &str {
+        &self.ckpt.path
+    }
+    fn shape(&self, key: &str) -> Result<&[usize], ConvertError> {
+        self.tensors.get(key).map(|t| t.shape.as_slice()).ok_or_else(|| ConvertError::MissingKeys { file: self.file().into(), keys: key.into() })
+    }
+    fn read(&mut self, key: &str) -> Result<Vec<f32>, ConvertError> {
+        let t = self.tensors.get(key).cloned().ok_or_else(|| ConvertError::MissingKeys { file: self.file().into(), keys: key.into() })?;
+        Ok(self.ckpt.read_f32(&t)?)
+    }
+}
+
+/// What was written, for the report.
+pub struct ConvertReport {
+    pub config: ModelConfig,
+    pub base_dir: PathBuf,
+    pub adapter_dir: PathBuf,
+    pub base_bytes: u64,
+    pub adapter_bytes: u64,
+}
+
+/// Converts the three inputs into `out/base` and `out/adapter`.
+pub fn convert(llama_dir: &Path, clip: &Path, adapter: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+    let (base_manifest_bytes, llama_cfg, clip_cfg, base_bytes) = convert_base(llama_dir, clip, &out.join("base"), opts)?;
+    let (config, adapter_bytes) = convert_adapter(adapter, &llama_cfg, &clip_cfg, &sha256_hex(&base_manifest_bytes), &out.join("adapter"), opts)?;
+    Ok(ConvertReport { config, base_dir: out.join("base"), adapter_dir: out.join("adapter"), base_bytes, adapter_bytes })
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, ConvertError> {
+    let text = std::fs::read(path).map_err(|e| ConvertError::Io(format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| bad(&path.display().to_string(), e.to_string()))
+}
+
+fn write_package(dir: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)], extra: &[(String, Vec<u8>)]) -> Result<(Vec<u8>, u64), ConvertError> {
+    std::fs::create_dir_all(dir).map_err(|e| ConvertError::Io(format!("{}: {e}", dir.display())))?;
+    let mut total = 0;
+    for (name, bytes) in files.iter().chain(extra) {
+        std::fs::write(dir.join(name), bytes).map_err(|e| ConvertError::Io(format!("{}: {e}", dir.join(name).display())))?;
+        total += bytes.len() as u64;
+    }
+    let text = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    std::fs::write(dir.join("manifest.json"), &text).map_err(|e| ConvertError::Io(e.to_string()))?;
+    Ok((text, total))
+}
+
+fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOptions) -> Result<(Vec<u8>, LlamaConfig, ClipConfig, u64), ConvertError> {
+    // --- LLaMA ---
+    let params = read_json(&llama_dir.join("params.json"))?;
+    let shards: Vec<PathBuf> = std::fs::read_dir(llama_dir)
+        .map_err(|e| ConvertError::Io(format!("{}: {e}", llama_dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("consolidated.") && n.ends_with(".pth")))
+        .collect();
+    if shards.len() != 1 {
+        return Err(bad(
+            &llama_dir.display().to_string(),
+            format!("expected exactly one consolidated.*.pth (the 7B layout), found {}; model-parallel checkpoints are not supported", shards.len()),
+        ));
+    }
+    let mut llama = Source::open(&shards[0])?;
+    let file = llama.file().to_string();
+    let get = |k: &str| params.get(k).and_then(|v| v.as_f64());
+    let dim = get("dim").ok_or_else(|| bad("params.json", "no dim"))? as usize;
+    let n_layers = get("n_layers").ok_or_else(|| bad("params.json", "no n_layers"))? as usize;
+    let n_heads = get("n_heads").ok_or_else(|| bad("params.json", "no n_heads"))? as usize;
+    let norm_eps = get("norm_eps").unwrap_or(1e-6) as f32;
+    let emb = llama.shape("tok_embeddings.weight")?.to_vec();
+    let w1 = llama.shape("layers.0.feed_forward.w1.weight")?.to_vec();
+    if emb.len() != 2 || emb[1] != dim {
+        return Err(bad(&file, format!("tok_embeddings.weight has shape {emb:?}, params.json says dim {dim}")));
+    }
+    let llama_cfg = LlamaConfig {
+        dim,
+        n_layers,
+        n_heads,
+        vocab_size: emb[0],
+        ffn_hidden: w1[0],
+        norm_eps,
+        rope_theta: get("rope_theta").map(|t| t as f32).unwrap_or(opts.rope_theta),
+        max_seq_len: opts.max_seq_len,
+    };
+    // --- CLIP ---
+    let mut clip = Source::open(clip_path)?;
+    let clip_file = clip.file().to_string();
+    let prefix = if clip.tensors.contains_key("visual.conv1.weight") { "visual." } else { "" };
+    let conv = clip.shape(&format!("{prefix}conv1.weight"))?.to_vec();
+    let pos = clip.shape(&format!("{prefix}positional_embedding"))?.to_vec();
+    let proj = clip.shape(&format!("{prefix}proj"))?.to_vec();
+    if conv.len() != 4 || conv[1] != 3 || conv[2] != conv[3] {
+        return Err(bad(&clip_file, format!("conv1.weight has shape {conv:?}; expected [width, 3, p, p]")));
+    }
+    let width = conv[0];
+    let grid = ((pos[0] - 1) as f64).sqrt().round() as usize;
+    if grid * grid + 1 != pos[0] {
+        return Err(bad(&clip_file, format!("positional_embedding has {} rows, not a square grid plus one", pos[0])));
+    }
+    let layers = (0..).take_while(|i| clip.tensors.contains_key(&format!("{prefix}transformer.resblocks.{i}.attn.in_proj_weight"))).count();
+    let clip_cfg = ClipConfig { width, layers, heads: (width / 64).max(1), patch: conv[2], image_size: grid * conv[2], embed_dim: proj[1] };
+
+    let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
+    let specs = base_specs(&llama_cfg, &clip_cfg);
+    let format_for = |shape: &[usize], name: &str| -> QuantFormat {
+        // Large 2-D weights take the chosen format; embeddings-like tables
+        // that are added (positional) and vectors stay f32.
+        if shape.len() == 2 && !name.contains("positional_embedding") { opts.quant } else { QuantFormat::F32 }
+    };
+    let mut used = std::collections::HashSet::new();
+    let mut names: Vec<&String> = specs.keys().collect();
+    names.sort();
+    for name in names {
+        let (shape, _) = &specs[name];
+        let (data, source_key) = if let Some(rest) = name.strip_prefix("clip.") {
+            if rest == "proj_t" {
+                let key = format!("{prefix}proj");
+                let p = clip.read(&key)?; // [width, embed] used as x @ proj
+                let (r, c) = (proj[0], proj[1]);
+                let mut t = vec![0f32; r * c];
+                for i in 0..r {
+                    for j in 0..c {
+                        t[j * r + i] = p[i * c + j];
+                    }
+                }
+                (t, key)
+            } else {
+                let key = format!("{prefix}{rest}");
+                (clip.read(&key)?, key)
+            }
+        } else {
+            (llama.read(name)?, name.clone())
+        };
+        let expect: usize = shape.iter().product();
+        if data.len() != expect {
+            return Err(bad(&file, format!("{source_key} has {} elements, the config implies {shape:?}", data.len())));
+        }
+        used.insert(source_key);
+        w.add(name, shape, format_for(shape, name), &data);
+    }
+    // Every LLaMA key must be used (rope.freqs is a precomputed table we rebuild).
+    let unknown: Vec<&String> = llama.tensors.keys().filter(|k| !used.contains(*k) && k.as_str() != "rope.freqs").collect();
+    if !unknown.is_empty() {
+        return Err(ConvertError::UnknownKeys { file, keys: join_sorted(unknown) });
+    }
+    // CLIP: unused visual keys are an error; the text tower is skipped.
+    let unknown: Vec<&String> = clip.tensors.keys().filter(|k| k.starts_with(prefix) && !prefix.is_empty() && !used.contains(*k)).collect();
+    if !unknown.is_empty() {
+        return Err(ConvertError::UnknownKeys { file: clip_file, keys: join_sorted(unknown) });
+    }
+    // Tokenizer.
+    let sp_path = llama_dir.join("tokenizer.model");
+    let sp_bytes = std::fs::read(&sp_path).map_err(|e| ConvertError::Io(format!("{}: {e}", sp_path.display())))?;
+    let tokenizer_json = SentencePieceModel::parse(&sp_bytes)?.to_tokenizer_json()?.into_bytes();
+    let (mut manifest, files) = w.finish(PackageKind::Base, json!({"llama": llama_cfg, "clip": clip_cfg}));
+    manifest.tokenizer = Some(FileEntry { file: "tokenizer.json".into(), bytes: tokenizer_json.len() as u64, sha256: sha256_hex(&tokenizer_json) });
+    manifest.validate_tensors(&specs)?;
+    let (text, bytes) = write_package(out, &manifest, &files, &[("tokenizer.json".into(), tokenizer_json)])?;
+    Ok((text, llama_cfg, clip_cfg, bytes))
+}
+
+fn join_sorted(mut keys: Vec<&String>) -> String {
+    keys.sort();
+    let n = keys.len();
+    let mut s = keys.iter().take(8).map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    if n > 8 {
+        s.push_str(&format!(" … ({n} in all)"));
+    }
+    s
+}
+
+fn config_value<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
+    root.get("config").and_then(|c| c.get(key))
+}
+
+fn config_usize(root: &Value, key: &str) -> Option<usize> {
+    match config_value(root, key) {
+        Some(Value::Int(i)) if *i >= 0 => Some(*i as usize),
+        _ => None,
+    }
+}
+
+fn config_bool(root: &Value, key: &str) -> Option<bool> {
+    match config_value(root, key) {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::Int(i)) => Some(*i != 0),
+        _ => None,
+    }
+}
+
+fn convert_adapter(
+    path: &Path,
+    llama: &LlamaConfig,
+    clip: &ClipConfig,
+    base_sha256: &str,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<(ModelConfig, u64), ConvertError> {
+    let mut src = Source::open(path)?;
+    let file = src.file().to_string();
+    if src.ckpt.root.get("model").is_none() {
+        return Err(bad(&file, "not an adapter checkpoint: no 'model' entry (expected torch.save({'model': ..., 'config': ...}))"));
+    }
+    let vq = src.shape("visual_query.weight")?.to_vec();
+    let aq = src.shape("adapter_query.weight")?.to_vec();
+    let fc1 = src.shape("visual_blocks.0.mlp.fc1.weight")?.to_vec();
+    let (query_len, v_embed_dim) = (vq[0], vq[1]);
+    if query_len == 0 || aq.len() != 2 || aq[0] % query_len != 0 || aq[1] != llama.dim {
+        return Err(bad(&file, format!("adapter_query.weight has shape {aq:?}; expected [query_layer·{query_len}, {}]", llama.dim)));
+    }
+    let v_depth = (0..).take_while(|i| src.tensors.contains_key(&format!("visual_blocks.{i}.attn.qkv.weight"))).count();
+    let root = src.ckpt.root.clone();
+    let w_lora = config_bool(&root, "w_lora").unwrap_or_else(|| src.tensors.contains_key("llama.layers.0.attention.lora_wq_l1.weight"));
+    let lora_rank = if w_lora { src.shape("llama.layers.0.attention.lora_wq_l1.weight")?[0] } else { config_usize(&root, "lora_rank").unwrap_or(16) };
+    let fusion = match config_value(&root, "fusion").and_then(|v| v.as_str()) {
+        None | Some("late_add") => Fusion::LateAdd,
+        Some("early_prefix") => Fusion::EarlyPrefix,
+        Some(other) => return Err(bad(&file, format!("unknown fusion mode {other:?} (expected late_add or early_prefix)"))),
+    };
+    let adapter = AdapterConfig {
+        query_len,
+        query_layer: aq[0] / query_len,
+        v_embed_dim,
+        v_depth,
+        v_num_heads: opts.v_num_heads.or(config_usize(&root, "v_num_heads")).unwrap_or(16),
+        v_mlp_hidden: fc1[0],
+        w_bias: config_bool(&root, "w_bias").unwrap_or(true),
+        w_lora,
+        lora_rank,
+        w_new_gate: w_lora,
+        w_scale: config_bool(&root, "w_scale").unwrap_or(false),
+        fusion,
+        early_layers: if fusion == Fusion::EarlyPrefix { config_usize(&root, "early_layers").unwrap_or(1) } else { 0 },
+        channel_order: opts.channel_order,
+    };
+    let config = ModelConfig { llama: llama.clone(), clip: clip.clone(), adapter: adapter.clone() };
+    config.validate().map_err(|reason| bad(&file, reason))?;
+    let specs = adapter_specs(llama, clip, &adapter);
+
+    let unknown: Vec<&String> = src.tensors.keys().filter(|k| !specs.contains_key(*k)).collect();
+    if !unknown.is_empty() {
+        return Err(ConvertError::UnknownKeys { file, keys: join_sorted(unknown) });
+    }
+    let missing: Vec<&String> = specs.iter().filter(|(k, (_, optional))| !optional && !src.tensors.contains_key(*k)).map(|(k, _)| k).collect();
+    if !missing.is_empty() {
+        return Err(ConvertError::MissingKeys { file, keys: join_sorted(missing) });
+    }
+    let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
+    let mut names: Vec<&String> = specs.keys().filter(|k| src.tensors.contains_key(*k)).collect();
+    names.sort();
+    for name in names {
+        let (shape, _) = &specs[name];
+        let data = src.read(name)?;
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(bad(&file, format!("{name} has shape {:?}, the config implies {shape:?}", src.shape(name)?)));
+        }
+        // Linear weights of the visual branch take the chosen format; LoRA
+        // factors, prompts, norms, biases and gates stay f32.
+        let quantise = shape.len() == 2
+            && (name.starts_with("visual_blocks.") || name.starts_with("clip_proj.") || name.starts_with("visual_proj."))
+            && name.ends_with(".weight");
+        w.add(name, shape, if quantise { opts.quant } else { QuantFormat::F32 }, &data);
+    }
+    let (mut manifest, files) = w.finish(PackageKind::Adapter, json!({"adapter": adapter}));
+    manifest.base_sha256 = Some(base_sha256.into());
+    manifest.validate_tensors(&specs)?;
+    let (_, bytes) = write_package(out, &manifest, &files, &[])?;
+    Ok((config, bytes))
+}

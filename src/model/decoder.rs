@@ -1,0 +1,223 @@
+//! The LLaMA decoder with adapters (spec §2.3), as an explicit sequence of
+//! kernel calls per layer:
+//!
+//! ```text
+//! h = embed(tokens)
+//! for each layer l:
+//!     xn = RMSNorm(h)·attention_norm
+//!     q = wq(xn); k, v = wk(xn), wv(xn) → KV cache rows [P, P+S)
+//!     RoPE(q), RoPE(k)                  (absolute positions P..P+S)
+//!     a = softmax(qKᵀ/√d + mask)V + tanh(gate)·new_gate·softmax(qK_pᵀ/√d)V_p
+//!     h += wo(a)
+//!     xn = RMSNorm(h)·ffn_norm
+//!     h += w2(silu(w1(xn)) ⊙ w3(xn))
+//! logits = output(RMSNorm(h)·norm)
+//! ```
+//!
+//! Every linear carries its optional bias, scale and LoRA (see `Linear`).
+
+use crate::gpu::Dispatch;
+use crate::kernels::attention::{decoder_attention, DecoderAttention, Prefix, Rows};
+use crate::kernels::elementwise;
+use crate::kernels::embedding::embedding;
+use crate::kernels::rmsnorm::rmsnorm_at;
+use crate::kernels::rope::{rope, RopeArgs};
+use crate::kernels::sampling;
+
+use super::config::Fusion;
+use super::vision::VisionOutput;
+use super::weights::BIASED;
+use super::{Linear, Model, ModelError};
+
+/// The gated prefix of one layer for one image: keys and values
+/// [query_len, dim], computed once per image and reused every step.
+pub struct LayerPrefix {
+    pub keys: wgpu::Buffer,
+    pub values: wgpu::Buffer,
+    /// Which gate tensor multiplies it.
+    gate_name: String,
+}
+
+/// Per-layer prefixes for one image (None: no adapter in that layer).
+pub struct ImagePrefixes {
+    pub layers: Vec<Option<LayerPrefix>>,
+}
+
+/// What `forward` returns on the GPU.
+pub struct ForwardOutput {
+    /// Final-norm hidden states of the rows asked for, [rows, dim].
+    pub hidden: wgpu::Buffer,
+    /// Logits of those rows, [rows, vocab].
+    pub logits: wgpu::Buffer,
+    pub rows: usize,
+}
+
+impl Model {
+    /// The decoder linear `name` of layer `l` with its adapter parameters.
+    fn decoder_linear(&self, l: usize, name: &str) -> Result<Linear<'_>, ModelError> {
+        let p = format!("llama.layers.{l}.{name}");
+        let a = &self.config.adapter;
+        let lora = if a.w_lora {
+            let short = name.rsplit('.').next().unwrap();
+            let group = name.split('.').next().unwrap();
+            Some((
+                self.adapter.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l1.weight"))?,
+                self.adapter.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l2.weight"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: self.base.matrix(&format!("layers.{l}.{name}.weight"))?,
+            bias: if a.w_bias && BIASED.contains(&name) { Some(self.adapter.vector(&format!("{p}.bias"))?) } else { None },
+            scale: self.adapter.optional_vector(&format!("{p}.scale")),
+            lora,
+        })
+    }
+
+    /// The prefix keys/values of every adapted layer for these visual tokens.
+    /// Adapter keys/values use the base wk/wv (and their scale), no LoRA, no
+    /// bias, no RoPE (spec §2.3 step 5).
+    pub fn prepare_image(&self, vision: &VisionOutput) -> Result<ImagePrefixes, ModelError> {
+        let ctx = &self.ctx;
+        let (n, dim) = (self.config.llama.n_layers, self.config.llama.dim);
+        let a = &self.config.adapter;
+        let q = a.query_len;
+        let first_late = n - a.query_layer;
+        let prompts = self.adapter.f32_buffer("adapter_query.weight")?;
+        let mut d: Vec<Dispatch> = Vec::new();
+        let mut layers = Vec::with_capacity(n);
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        for l in 0..n {
+            let late = l >= first_late;
+            let early = a.fusion == Fusion::EarlyPrefix && l < a.early_layers;
+            if !late && !early {
+                layers.push(None);
+                continue;
+            }
+            // The prefix tokens A: static prompts (+ vq in late_add), or vq alone (early layers).
+            let input = ctx.activations("prefix input", (q * dim * 4) as u64);
+            if late {
+                let row0 = ((l - first_late) * q * dim * 4) as u64;
+                encoder.copy_buffer_to_buffer(prompts, row0, &input, 0, (q * dim * 4) as u64);
+                if a.fusion == Fusion::LateAdd {
+                    d.push(elementwise::add(ctx, &vision.visual_tokens, &input, q * dim)?);
+                }
+            } else {
+                encoder.copy_buffer_to_buffer(&vision.visual_tokens, 0, &input, 0, (q * dim * 4) as u64);
+            }
+            let keys = ctx.activations("prefix k", (q * dim * 4) as u64);
+            let values = ctx.activations("prefix v", (q * dim * 4) as u64);
+            for (name, out) in [("attention.wk", &keys), ("attention.wv", &values)] {
+                let full = self.decoder_linear(l, name)?;
+                let kv = Linear { weight: full.weight, bias: None, scale: full.scale, lora: None };
+                d.extend(self.linear(&kv, &input, 0, q, out, dim, false)?);
+            }
+            let gate_name = if late { format!("llama.layers.{l}.attention.gate") } else { format!("llama.layers.{l}.attention.visual_gate") };
+            layers.push(Some(LayerPrefix { keys, values, gate_name }));
+        }
+        ctx.queue.submit([encoder.finish()]);
+        self.run(&d)?;
+        Ok(ImagePrefixes { layers })
+    }
+
+    /// Runs the decoder over `tokens` at absolute positions `start_pos..`,
+    /// filling the KV cache, and returns final hidden states and logits of
+    /// the last row, or of every row with `all_rows`.
+    pub fn forward(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<ForwardOutput, ModelError> {
+        let ctx = &self.ctx;
+        let cfg = &self.config.llama;
+        let (s, dim, f) = (tokens.len(), cfg.dim, cfg.ffn_hidden);
+        if s == 0 {
+            return Err(ModelError::BadInput("no tokens to run".into()));
+        }
+        if start_pos + s > cfg.max_seq_len {
+            return Err(ModelError::ContextOverflow { prompt: start_pos, new: s, context: cfg.max_seq_len });
+        }
+        if let Some(t) = tokens.iter().find(|t| **t as usize >= cfg.vocab_size) {
+            return Err(ModelError::BadInput(format!("token id {t} is outside the vocabulary of {}", cfg.vocab_size)));
+        }
+        let mut d: Vec<Dispatch> = Vec::new();
+        let token_buf = ctx.upload("tokens", tokens);
+        let h = ctx.activations("h", (s * dim * 4) as u64);
+        let xn = ctx.activations("xn", (s * dim * 4) as u64);
+        let q = ctx.activations("q", (s * dim * 4) as u64);
+        let att = ctx.activations("attn", (s * dim * 4) as u64);
+        let a1 = ctx.activations("w1", (s * f * 4) as u64);
+        let a3 = ctx.activations("w3", (s * f * 4) as u64);
+        let gated = ctx.activations("silu gate", (s * f * 4) as u64);
+        d.extend(embedding(ctx, self.base.matrix("tok_embeddings.weight")?, &token_buf, s, &h, 0)?);
+
+        let head_dim = cfg.head_dim();
+        for l in 0..cfg.n_layers {
+            let p = format!("llama.layers.{l}");
+            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.vector(&format!("{p}.attention_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
+            d.extend(self.linear(&self.decoder_linear(l, "attention.wq")?, &xn, 0, s, &q, dim, false)?);
+            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wk")?, &xn, 0, s, &self.cache_k[l], start_pos * dim, dim, false)?);
+            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wv")?, &xn, 0, s, &self.cache_v[l], start_pos * dim, dim, false)?);
+            d.push(rope(ctx, &self.rope, &RopeArgs { data: &q, rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: 0, start_pos })?);
+            d.push(rope(ctx, &self.rope, &RopeArgs { data: &self.cache_k[l], rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: start_pos * dim, start_pos })?);
+            let prefix = match &image.layers[l] {
+                Some(lp) => Some(Prefix {
+                    keys: Rows { buffer: &lp.keys, offset: 0, stride: dim },
+                    values: Rows { buffer: &lp.values, offset: 0, stride: dim },
+                    len: self.config.adapter.query_len,
+                    gate: self.adapter.vector(&lp.gate_name)?,
+                    new_gate: self.new_gates[l],
+                }),
+                None => None,
+            };
+            d.push(decoder_attention(
+                ctx,
+                &DecoderAttention {
+                    q: Rows { buffer: &q, offset: 0, stride: dim },
+                    keys: Rows { buffer: &self.cache_k[l], offset: 0, stride: dim },
+                    values: Rows { buffer: &self.cache_v[l], offset: 0, stride: dim },
+                    prefix,
+                    out: Rows { buffer: &att, offset: 0, stride: dim },
+                    n_queries: s,
+                    n_heads: cfg.n_heads,
+                    head_dim,
+                    start_pos,
+                },
+            )?);
+            d.extend(self.linear(&self.decoder_linear(l, "attention.wo")?, &att, 0, s, &h, dim, true)?);
+            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.vector(&format!("{p}.ffn_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
+            d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w1")?, &xn, 0, s, &a1, f, false)?);
+            d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w3")?, &xn, 0, s, &a3, f, false)?);
+            d.push(elementwise::silu_gate(ctx, &a1, &a3, &gated, s * f)?);
+            d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w2")?, &gated, 0, s, &h, dim, true)?);
+        }
+        let rows = if all_rows { s } else { 1 };
+        let first = s - rows;
+        let hidden = ctx.activations("final hidden", (rows * dim * 4) as u64);
+        d.push(rmsnorm_at(ctx, &h, first * dim, self.adapter.vector("llama.norm.weight")?, &hidden, 0, rows, dim, cfg.norm_eps)?);
+        let logits = ctx.activations("logits", (rows * cfg.vocab_size * 4) as u64);
+        d.extend(self.linear(&Linear::plain(self.base.matrix("output.weight")?), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
+        self.run(&d)?;
+        Ok(ForwardOutput { hidden, logits, rows })
+    }
+
+    /// Greedy next token of the last row of `out`.
+    pub fn argmax_token(&self, out: &ForwardOutput) -> Result<u32, ModelError> {
+        let ctx = &self.ctx;
+        let vocab = self.config.llama.vocab_size;
+        let result = ctx.storage("argmax", 8);
+        let dsp = sampling::argmax(ctx, &out.logits, (out.rows - 1) * vocab, vocab, &result)?;
+        ctx.submit(&[&dsp])?;
+        let words: Vec<u32> = self.read_u32(&result, 2)?;
+        Ok(words[0])
+    }
+
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, count: usize) -> Result<Vec<u32>, ModelError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            Ok(self.ctx.read_blocking(buffer, 0, count)?)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = (buffer, count);
+            Err(ModelError::BadInput("use the async API on the web".into()))
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The whole model against the PyTorch reference of the spec
+//! (tools/reference, goldens in tests/fixtures/tiny/golden): the official
+//! checkpoint layouts go through `convert`, then the engine runs on the GPU.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use common::{gpu_shared, read_npy};
+use llama_adapter_web::convert::checkpoint::{convert, ConvertOptions};
+use llama_adapter_web::format::quant::QuantFormat;
+use llama_adapter_web::model::config::ChannelOrder;
+use llama_adapter_web::model::Model;
+
+const FIX: &str = "tests/fixtures/tiny";
+
+fn convert_fixture(adapter: &str, quant: QuantFormat) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("la-parity-{}-{adapter}-{}", std::process::id(), quant.name()));
+    let opts = ConvertOptions { quant, v_num_heads: Some(2), channel_order: ChannelOrder::Rgb, ..Default::default() };
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &Path::new(FIX).join(format!("adapter_{adapter}.pth")), &out, &opts)
+        .unwrap_or_else(|e| panic!("convert {adapter}: {e}"));
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+struct Parity {
+    clip: f32,
+    vq: f32,
+    hidden: f32,
+    logits: f32,
+    greedy_equal: bool,
+}
+
+fn run_parity(name: &str, quant: QuantFormat) -> Parity {
+    let dir = convert_fixture(name, quant);
+    let model = Model::load_dirs(Rc::new(gpu_shared()), &dir.join("base"), &dir.join("adapter")).unwrap();
+    let g = |f: &str| format!("{FIX}/golden/{name}_{f}");
+    let (_, image) = read_npy(&format!("{FIX}/golden/image.npy"));
+
+    let vision = model.encode_image(&image).unwrap();
+    let c = &model.config;
+    let clip = model.read_f32(&vision.clip_feats, c.clip.tokens() * c.clip.embed_dim).unwrap();
+    let vq = model.read_f32(&vision.visual_tokens, c.adapter.query_len * c.llama.dim).unwrap();
+    let clip_err = max_abs_diff(&clip, &read_npy(&g("clip_feats.npy")).1);
+    let vq_err = max_abs_diff(&vq, &read_npy(&g("visual_tokens.npy")).1);
+
+    let greedy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(g("greedy.json")).unwrap()).unwrap();
+    let prompt: Vec<u32> = greedy["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    // The engine's tokenizer must give the reference's prompt ids.
+    let text = greedy["prompt_text"].as_str().unwrap();
+    assert_eq!(model.tokenizer.encode_prompt(text).unwrap(), prompt, "prompt ids");
+
+    let prefixes = model.prepare_image(&vision).unwrap();
+    let out = model.forward(&prompt, 0, &prefixes, true).unwrap();
+    let hidden = model.read_f32(&out.hidden, prompt.len() * c.llama.dim).unwrap();
+    let hidden_err = max_abs_diff(&hidden, &read_npy(&g("prompt_hidden.npy")).1);
+    let logits = model.read_f32(&out.logits, prompt.len() * c.llama.vocab_size).unwrap();
+    let (_, cols) = read_npy(&format!("{FIX}/golden/logit_cols.npy"));
+    let (_, want_sub) = read_npy(&g("prompt_logits_sub.npy"));
+    let got_sub: Vec<f32> = (0..prompt.len()).flat_map(|t| cols.iter().map(|c| logits[t * 32000 + *c as usize]).collect::<Vec<_>>()).collect();
+    let logits_err = max_abs_diff(&got_sub, &want_sub);
+
+    // Greedy decoding, one token at a time after the prompt.
+    let want: Vec<u32> = greedy["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let mut got = vec![model.argmax_token(&out).unwrap()];
+    let mut pos = prompt.len();
+    while got.len() < want.len() {
+        let step = model.forward(&[*got.last().unwrap()], pos, &prefixes, false).unwrap();
+        got.push(model.argmax_token(&step).unwrap());
+        pos += 1;
+    }
+    println!("{name} {}: clip {clip_err:.2e} vq {vq_err:.2e} hidden {hidden_err:.2e} logits {logits_err:.2e}; greedy {:?}", quant.name(), got == want);
+    if got != want {
+        println!("  got  {got:?}\n  want {want:?}");
+    }
+    Parity { clip: clip_err, vq: vq_err, hidden: hidden_err, logits: logits_err, greedy_equal: got == want }
+}
+
+/// f32 storage: the engine computes what the reference computes, in f32 on
+/// a GPU. Tolerances: activations are O(1) and the logits' std is ≈17 (see
+/// the fixture README). Measured on lavapipe: clip feats 4.5e-6, visual
+/// tokens ≤ 2e-6, hidden ≤ 3.4e-6, logits ≤ 8.8e-5 (f32 rounding of
+/// differently ordered sums through ~10 layers). We allow 1e-4 on features
+/// and hidden states and 1e-3 on logits (≥ 11× the measured error), and
+/// greedy tokens must be identical.
+#[test]
+fn f32_matches_reference_all_adapters() {
+    for name in ["bias", "lora", "early"] {
+        let p = run_parity(name, QuantFormat::F32);
+        assert!(p.clip < 1e-4, "{name}: clip feats differ by {}", p.clip);
+        assert!(p.vq < 1e-4, "{name}: visual tokens differ by {}", p.vq);
+        assert!(p.hidden < 1e-4, "{name}: hidden states differ by {}", p.hidden);
+        assert!(p.logits < 1e-3, "{name}: logits differ by {}", p.logits);
+        assert!(p.greedy_equal, "{name}: greedy tokens differ");
+    }
+}
