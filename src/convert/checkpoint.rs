@@ -348,3 +348,32 @@ fn convert_adapter(
     let (_, bytes) = write_package(out, &manifest, &files, &[])?;
     Ok((config, bytes))
 }
+
+/// Rewrites a converted base + adapter pair with another storage format for
+/// the large weights (same rule as `convert`). From q8/q4 to f32 this gives
+/// the exact dequantised weights: the reference the quantised engine is
+/// tested against.
+pub fn restore_format(base_dir: &Path, adapter_dir: &Path, out: &Path, quant: QuantFormat) -> Result<(), ConvertError> {
+    use crate::format::package::LoadedPackage;
+    let base = LoadedPackage::read_dir(base_dir, PackageKind::Base)?;
+    let adapter = LoadedPackage::read_dir(adapter_dir, PackageKind::Adapter)?;
+    let rewrite = |p: &LoadedPackage| -> (Manifest, Vec<(String, Vec<u8>)>) {
+        let mut w = PackageWriter::new(64 << 20, 64 << 20);
+        for t in &p.manifest.tensors {
+            let data = p.tensor_f32(&t.name).expect("validated tensor");
+            let format = if t.format == "f32" { QuantFormat::F32 } else { quant };
+            w.add(&t.name, &t.shape, format, &data);
+        }
+        let (mut m, files) = w.finish(p.manifest.kind, p.manifest.config.clone());
+        m.tokenizer = p.manifest.tokenizer.clone();
+        (m, files)
+    };
+    let (base_manifest, base_files) = rewrite(&base);
+    let tokenizer = base.manifest.tokenizer.as_ref().map(|t| std::fs::read(base_dir.join(&t.file))).transpose().map_err(|e| ConvertError::Io(e.to_string()))?;
+    let extra: Vec<(String, Vec<u8>)> = tokenizer.into_iter().map(|b| ("tokenizer.json".to_string(), b)).collect();
+    let (text, _) = write_package(&out.join("base"), &base_manifest, &base_files, &extra)?;
+    let (mut adapter_manifest, adapter_files) = rewrite(&adapter);
+    adapter_manifest.base_sha256 = Some(sha256_hex(&text));
+    write_package(&out.join("adapter"), &adapter_manifest, &adapter_files, &[])?;
+    Ok(())
+}

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod generate;
 pub mod vision;
 pub mod weights;
 

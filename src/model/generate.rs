@@ -1,0 +1,148 @@
+//! Generation (spec §5): prefill the prompt at position 0, then one token at
+//! a time; greedy (temperature 0) or temperature + top-p with a seed; stop at
+//! EOS or after `max_new_tokens`; each token is streamed to a callback. A
+//! step reads back a few bytes (the argmax, or the top-k summary).
+
+use web_time::Instant;
+
+use crate::kernels::sampling::{self, top_k_words, TopK};
+use crate::reference;
+use crate::text::tokenizer::EOS;
+use crate::util::Rng;
+
+use super::decoder::{ForwardOutput, ImagePrefixes};
+use super::{Model, ModelError};
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Keep the full logits of every step (for `--dump-logits`; costs a
+    /// 4·vocab-byte readback per step).
+    pub keep_logits: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        // The official defaults (spec §5).
+        GenerateOptions { max_new_tokens: 256, temperature: 0.1, top_p: 0.75, seed: 0, keep_logits: false }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub stopped_at_eos: bool,
+    pub timings: Timings,
+    #[serde(skip)]
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// Candidates read back per sampling step; more only when the nucleus is wider.
+const SAMPLE_K: [usize; 2] = [64, sampling::MAX_TOP_K];
+
+impl Model {
+    /// Generates from `prompt_ids` (BOS first) for an image's prefixes.
+    pub fn generate(
+        &self,
+        image: &ImagePrefixes,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32, &str),
+    ) -> Result<Generation, ModelError> {
+        let context = self.config.llama.max_seq_len;
+        if prompt_ids.len() <= 1 {
+            return Err(ModelError::BadInput("the prompt is empty".into()));
+        }
+        if prompt_ids.len() + opts.max_new_tokens > context {
+            return Err(ModelError::ContextOverflow { prompt: prompt_ids.len(), new: opts.max_new_tokens, context });
+        }
+        if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) || !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+            return Err(ModelError::BadInput(format!("temperature {} must be ≥ 0 and top_p {} in (0, 1]", opts.temperature, opts.top_p)));
+        }
+        let mut rng = Rng::new(opts.seed);
+        let mut generated = Vec::new();
+        let mut logits_kept = Vec::new();
+        let mut text = String::new();
+        let mut stopped = false;
+
+        let t0 = Instant::now();
+        let mut out = self.forward(prompt_ids, 0, image, false)?;
+        let mut next = self.choose(&out, opts, &mut rng, &mut logits_kept)?;
+        let prefill = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut pos = prompt_ids.len();
+        loop {
+            if next == EOS {
+                stopped = true;
+                break;
+            }
+            generated.push(next);
+            let full = self.tokenizer.decode(&generated)?;
+            on_token(next, full.get(text.len()..).unwrap_or(""));
+            text = full;
+            if generated.len() >= opts.max_new_tokens {
+                break;
+            }
+            out = self.forward(&[next], pos, image, false)?;
+            pos += 1;
+            next = self.choose(&out, opts, &mut rng, &mut logits_kept)?;
+        }
+        let decode = t1.elapsed().as_secs_f64();
+        let decoded_steps = generated.len().saturating_sub(1).max(1);
+        Ok(Generation {
+            prompt_ids: prompt_ids.to_vec(),
+            generated_ids: generated,
+            text,
+            stopped_at_eos: stopped,
+            timings: Timings {
+                prefill_ms: prefill * 1e3,
+                decode_ms: decode * 1e3,
+                prefill_tokens_per_s: prompt_ids.len() as f64 / prefill,
+                decode_tokens_per_s: decoded_steps as f64 / decode.max(1e-9),
+            },
+            logits: logits_kept,
+        })
+    }
+
+    /// The next token from the last row of `out`.
+    fn choose(&self, out: &ForwardOutput, opts: &GenerateOptions, rng: &mut Rng, kept: &mut Vec<Vec<f32>>) -> Result<u32, ModelError> {
+        let vocab = self.config.llama.vocab_size;
+        let offset = (out.rows - 1) * vocab;
+        if opts.keep_logits {
+            let row: Vec<f32> = self.read_f32(&out.logits, offset + vocab)?.split_off(offset);
+            kept.push(row);
+        }
+        if opts.temperature == 0.0 {
+            return self.argmax_token(out);
+        }
+        let u = rng.uniform();
+        let ctx = &self.ctx;
+        for k in SAMPLE_K {
+            let k = k.min(vocab);
+            let result = ctx.storage("top-k", (top_k_words(k) * 4) as u64);
+            let dsp = sampling::top_k(ctx, &out.logits, offset, vocab, k, opts.temperature, &result)?;
+            ctx.submit(&[&dsp])?;
+            let summary = TopK::from_words(&self.read_u32(&result, top_k_words(k))?);
+            if let Some(token) = summary.sample_top_p(opts.temperature, opts.top_p as f64, u) {
+                return Ok(token);
+            }
+        }
+        // The nucleus is wider than MAX_TOP_K candidates: sample on the full row.
+        let row: Vec<f32> = self.read_f32(&out.logits, offset + vocab)?.split_off(offset);
+        Ok(reference::sampling::sample_top_p(&row, opts.temperature, opts.top_p as f64, u))
+    }
+}
