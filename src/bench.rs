@@ -145,3 +145,213 @@ pub fn host_copy_bandwidth() -> f64 {
     // A copy reads and writes every byte.
     2.0 * BYTES as f64 / best / 1e9
 }
+
+// ---------------------------------------------------------------------------
+// `bench model`: a seeded random model of any shape, end to end.
+
+use std::rc::Rc;
+
+use crate::format::package::{sha256_hex, LoadedPackage, PackageKind, PackageWriter};
+use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, LlamaConfig, ModelConfig};
+use crate::model::weights::{adapter_specs, base_specs};
+use crate::model::{Model, ModelError};
+
+/// The shape of a benchmark model.
+#[derive(Debug, Clone)]
+pub struct BenchShape {
+    pub dim: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub quant: QuantFormat,
+    pub clip_width: usize,
+    pub clip_layers: usize,
+    pub max_seq_len: usize,
+}
+
+impl BenchShape {
+    /// LLaMA-7B with CLIP ViT-L/14 and the official adapter sizes.
+    pub fn seven_b(quant: QuantFormat) -> BenchShape {
+        BenchShape { dim: 4096, layers: 32, heads: 32, ffn: 11008, vocab: 32000, quant, clip_width: 1024, clip_layers: 24, max_seq_len: 512 }
+    }
+
+    pub fn config(&self) -> ModelConfig {
+        let query_layer = self.layers.saturating_sub(1).max(1);
+        ModelConfig {
+            llama: LlamaConfig {
+                dim: self.dim,
+                n_layers: self.layers,
+                n_heads: self.heads,
+                vocab_size: self.vocab,
+                ffn_hidden: self.ffn,
+                norm_eps: 1e-6,
+                rope_theta: 10000.0,
+                max_seq_len: self.max_seq_len,
+            },
+            clip: ClipConfig { width: self.clip_width, layers: self.clip_layers, heads: (self.clip_width / 64).max(1), patch: 14, image_size: 224, embed_dim: 768.min(self.clip_width) },
+            adapter: AdapterConfig {
+                query_len: 10,
+                query_layer,
+                v_embed_dim: 768.min(self.clip_width),
+                v_depth: if self.clip_width >= 768 { 8 } else { 2 },
+                v_num_heads: if self.clip_width >= 768 { 16 } else { 4 },
+                v_mlp_hidden: 4 * 768.min(self.clip_width),
+                w_bias: true,
+                w_lora: false,
+                lora_rank: 16,
+                w_new_gate: false,
+                w_scale: false,
+                fusion: Fusion::LateAdd,
+                early_layers: 0,
+                channel_order: ChannelOrder::Rgb,
+            },
+        }
+    }
+}
+
+/// A word-level tokenizer of `vocab` entries (the bench feeds ids directly).
+fn bench_tokenizer(vocab: usize) -> Vec<u8> {
+    let entries: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": entries, "unk_token": "t0"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Builds a seeded random model of this shape in memory and uploads it.
+pub fn random_model(ctx: Rc<GpuContext>, shape: &BenchShape, seed: u64) -> Result<Model, ModelError> {
+    let config = shape.config();
+    config.validate().map_err(ModelError::BadInput)?;
+    let mut rng = Rng::new(seed);
+    let mut package = |specs: crate::model::weights::TensorSpecs, kind: PackageKind, cfg: serde_json::Value, base_sha: Option<String>| {
+        let mut w = PackageWriter::new(1 << 40, 64 << 20);
+        let mut names: Vec<&String> = specs.keys().collect();
+        names.sort();
+        for name in names {
+            let (dims, _) = &specs[name];
+            let n: usize = dims.iter().product();
+            let (data, format) = if dims.len() == 1 {
+                let centre = if name.contains("norm") && name.ends_with("weight") { 1.0 } else { 0.0 };
+                ((0..n).map(|_| centre + rng.symmetric(0.1)).collect::<Vec<f32>>(), QuantFormat::F32)
+            } else {
+                let scale = 1.0 / (dims[dims.len() - 1] as f32).sqrt();
+                let quantised = !(name.contains("positional") || name.contains("adapter_query") || name.contains("visual_query"));
+                ((0..n).map(|_| rng.symmetric(scale)).collect::<Vec<f32>>(), if quantised { shape.quant } else { QuantFormat::F32 })
+            };
+            w.add(name, dims, format, &data);
+        }
+        let (mut manifest, files) = w.finish(kind, cfg);
+        manifest.base_sha256 = base_sha;
+        let text = serde_json::to_vec(&manifest).expect("manifest serialises");
+        LoadedPackage { manifest_sha256: sha256_hex(&text), manifest, shards: files.into_iter().map(|(_, b)| b).collect() }
+    };
+    let base = package(
+        base_specs(&config.llama, &config.clip),
+        PackageKind::Base,
+        serde_json::json!({"llama": config.llama, "clip": config.clip}),
+        None,
+    );
+    let adapter = package(
+        adapter_specs(&config.llama, &config.clip, &config.adapter),
+        PackageKind::Adapter,
+        serde_json::json!({"adapter": config.adapter}),
+        Some(base.manifest_sha256.clone()),
+    );
+    Model::from_packages(ctx, &base, &adapter, &bench_tokenizer(config.llama.vocab_size))
+}
+
+/// What `bench model` measures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelFigures {
+    pub adapter: String,
+    pub build_s: f64,
+    pub vision_ms: f64,
+    pub prompt_tokens: usize,
+    pub prefill_tokens_per_s: f64,
+    pub new_tokens: usize,
+    pub decode_tokens_per_s: f64,
+    pub host_ms_per_token: f64,
+    pub dispatches_per_token: usize,
+    pub weight_bytes_per_token: u64,
+    pub kv_bytes_per_token: u64,
+    pub gpu_weight_and_cache_bytes: u64,
+    pub activation_bytes: u64,
+}
+
+/// Runs vision, a `prompt`-token prefill and `new_tokens` greedy decode steps.
+pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_tokens: usize) -> Result<ModelFigures, ModelError> {
+    let t = Instant::now();
+    let model = random_model(ctx.clone(), shape, 7)?;
+    ctx.wait_idle()?;
+    let build_s = t.elapsed().as_secs_f64();
+    let cfg = model.config.clone();
+    if prompt + new_tokens > cfg.llama.max_seq_len {
+        return Err(ModelError::ContextOverflow { prompt, new: new_tokens, context: cfg.llama.max_seq_len });
+    }
+    let mut rng = Rng::new(11);
+    let image: Vec<f32> = (0..3 * 224 * 224).map(|_| rng.symmetric(1.0)).collect();
+    let t = Instant::now();
+    let vision = model.encode_image(&image)?;
+    let prefixes = model.prepare_image(&vision)?;
+    ctx.wait_idle()?;
+    let vision_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let tokens: Vec<u32> = (0..prompt).map(|_| 3 + rng.below(cfg.llama.vocab_size - 3) as u32).collect();
+    let t = Instant::now();
+    let out = model.forward(&tokens, 0, &prefixes, false)?;
+    let mut next = model.argmax_token(&out)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+
+    let mut host = 0.0;
+    let t = Instant::now();
+    for i in 0..new_tokens {
+        let h = Instant::now();
+        let out = model.forward(&[next], prompt + i, &prefixes, false)?;
+        host += h.elapsed().as_secs_f64();
+        next = model.argmax_token(&out)?;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    let dispatches = model.last_dispatches.get();
+    if std::env::var("LLAMA_ADAPTER_PROFILE").is_ok() {
+        // GPU time per kernel of one decode step, each dispatch timed alone.
+        let (steps, _) = model.forward_dispatches(&[next], prompt + new_tokens, &prefixes, false)?;
+        let mut by_kernel: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+        for d in steps {
+            let (secs, _) = time_dispatches(&ctx, std::slice::from_ref(&d), 3)?;
+            let e = by_kernel.entry(format!("{} {:?}", d.label, d.workgroups)).or_default();
+            e.0 += 1;
+            e.1 += secs;
+        }
+        for (label, (count, secs)) in by_kernel {
+            eprintln!("profile: {label:<28} {count:>4} dispatches {:>9.3} ms", secs * 1e3);
+        }
+    }
+    let l = &cfg.llama;
+    // Weights a decode step reads: every layer matrix, the output head, one
+    // embedding row (q4 and q8 include their scales).
+    let layer_bytes = l.n_layers as u64 * (4 * shape.quant.bytes(l.dim, l.dim) + 3 * shape.quant.bytes(l.ffn_hidden, l.dim));
+    let weight_bytes = layer_bytes + shape.quant.bytes(l.vocab_size, l.dim) + shape.quant.bytes(1, l.dim);
+    // K and V of every cached position, at the middle of the decode run.
+    let kv_bytes = (2 * l.n_layers * (prompt + new_tokens / 2) * l.dim * 4) as u64;
+    let s = prompt.max(1);
+    let activation_bytes = (4 * (6 * s * l.dim + 3 * s * l.ffn_hidden + l.vocab_size)) as u64;
+    Ok(ModelFigures {
+        adapter: ctx.info.name.clone(),
+        build_s,
+        vision_ms,
+        prompt_tokens: prompt,
+        prefill_tokens_per_s: prompt as f64 / prefill_s,
+        new_tokens,
+        decode_tokens_per_s: new_tokens as f64 / decode_s,
+        host_ms_per_token: host * 1e3 / new_tokens.max(1) as f64,
+        dispatches_per_token: dispatches,
+        weight_bytes_per_token: weight_bytes,
+        kv_bytes_per_token: kv_bytes,
+        gpu_weight_and_cache_bytes: model.gpu_bytes,
+        activation_bytes,
+    })
+}

@@ -13,7 +13,7 @@ use llama_adapter_web::model::generate::GenerateOptions;
 use llama_adapter_web::model::Model;
 use llama_adapter_web::text::prompt::format_prompt;
 
-use llama_adapter_web::bench::{bench_matmul, host_copy_bandwidth};
+use llama_adapter_web::bench::{bench_matmul, bench_model, host_copy_bandwidth, BenchShape};
 use llama_adapter_web::format::quant::QuantFormat;
 use llama_adapter_web::gpu::{GpuContext, GpuOptions};
 use llama_adapter_web::kernels::matmul::MatmulShape;
@@ -42,6 +42,36 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// A seeded random model end to end: vision, prefill, decode.
+    Model {
+        /// Preset: 7b (LLaMA-7B + ViT-L/14), or none to use the flags.
+        #[arg(long)]
+        shape: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        #[arg(long, default_value_t = 8)]
+        layers: usize,
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        #[arg(long, default_value_t = 1376)]
+        ffn: usize,
+        #[arg(long, default_value_t = 32000)]
+        vocab: usize,
+        #[arg(long, default_value = "q4")]
+        quant: String,
+        /// CLIP tower width and depth (ViT-L/14 is 1024 × 24).
+        #[arg(long, default_value_t = 256)]
+        clip_width: usize,
+        #[arg(long, default_value_t = 4)]
+        clip_layers: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Matmul GEMV at the 7B shapes in every format (GB/s of weights) and GEMM (FLOP/s).
     Kernels {
         /// Dispatches per timed pass.
@@ -247,6 +277,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Info => println!("adapter: {}", ctx.info),
         Command::Convert(a) => run_convert(a)?,
         Command::Generate(a) => run_generate(ctx, a)?,
+        Command::Bench { what: BenchWhat::Model { shape, dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, prompt, new_tokens, json } } => {
+            let quant = QuantFormat::parse(&quant).ok_or_else(|| format!("unknown --quant {quant:?}"))?;
+            let shape = match shape.as_deref() {
+                Some("7b") => BenchShape::seven_b(quant),
+                Some(other) => return Err(format!("unknown --shape {other:?} (expected 7b)").into()),
+                None => BenchShape { dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, max_seq_len: 512 },
+            };
+            eprintln!("building a random {shape:?} model…");
+            let ctx = Rc::new(ctx);
+            let f = bench_model(ctx, &shape, prompt, new_tokens)?;
+            if json {
+                println!("{}", serde_json::to_string(&f)?);
+            } else {
+                println!("adapter: {}", f.adapter);
+                println!("model: dim {} × {} layers, {} heads, ffn {}, vocab {}, {}; CLIP {} × {} layers", shape.dim, shape.layers, shape.heads, shape.ffn, shape.vocab, shape.quant.name(), shape.clip_width, shape.clip_layers);
+                println!("build + upload            {:>10.2} s", f.build_s);
+                println!("vision encoder            {:>10.1} ms", f.vision_ms);
+                println!("prefill ({:>4} tokens)     {:>10.2} tokens/s", f.prompt_tokens, f.prefill_tokens_per_s);
+                println!("decode ({:>4} tokens)      {:>10.2} tokens/s", f.new_tokens, f.decode_tokens_per_s);
+                println!("host time per decode token {:>9.2} ms", f.host_ms_per_token);
+                println!("dispatches per token      {:>10}", f.dispatches_per_token);
+                println!("weight bytes per token    {:>10.1} MB", f.weight_bytes_per_token as f64 / 1e6);
+                println!("KV bytes per token (mid)  {:>10.1} MB", f.kv_bytes_per_token as f64 / 1e6);
+                println!("GPU memory: weights + KV cache {:.1} MB, activations ≈ {:.1} MB", f.gpu_weight_and_cache_bytes as f64 / 1e6, f.activation_bytes as f64 / 1e6);
+            }
+        }
         Command::Bench { what: BenchWhat::Kernels { reps, formats, gemm_rows, no_gemm, shape } } => {
             let shape = match shape.as_str() {
                 "auto" => MatmulShape::Auto,

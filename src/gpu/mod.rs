@@ -109,6 +109,7 @@ pub enum Slot {
 /// A compute pipeline plus the layout of its single bind group.
 #[derive(Clone)]
 pub struct Kernel {
+    pub label: String,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
 }
@@ -116,6 +117,8 @@ pub struct Kernel {
 /// One recorded-ready dispatch: pipeline, bound buffers and grid. Build once,
 /// record as often as needed (decode reuses the same dispatches every token).
 pub struct Dispatch {
+    /// Which kernel (for profiles).
+    pub label: String,
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
@@ -387,7 +390,7 @@ impl GpuContext {
         if let Some(err) = pollster_free_pop(scope) {
             return Err(GpuError::Validation(format!("building kernel {key}: {err}")));
         }
-        let kernel = Kernel { pipeline, layout };
+        let kernel = Kernel { label: format!("{name}/{entry}"), pipeline, layout };
         self.kernels.borrow_mut().insert(key, kernel.clone());
         Ok(kernel)
     }
@@ -404,7 +407,7 @@ impl GpuContext {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Dispatch { pipeline: kernel.pipeline.clone(), bind_group, workgroups }
+        Dispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, workgroups }
     }
 
     /// Like [`GpuContext::dispatch`], with explicit binding ranges.
@@ -415,7 +418,7 @@ impl GpuContext {
             .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &kernel.layout, entries: &entries });
-        Dispatch { pipeline: kernel.pipeline.clone(), bind_group, workgroups }
+        Dispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, workgroups }
     }
 
     /// Records `dispatches` in one compute pass and submits them.

@@ -104,6 +104,14 @@ fn build(
     if head_dim == 0 || head_dim > MAX_HEAD_DIM {
         return Err(GpuError::InvalidArgument(format!("attention: head_dim {head_dim} not in 1..={MAX_HEAD_DIM}")));
     }
+    // The kernel moves 16-byte vectors: every offset and stride is a multiple of 4 floats.
+    let mut aligned = vec![head_dim, q.offset, q.stride, keys.offset, keys.stride, values.offset, out.offset, out.stride];
+    if let Some(p) = prefix {
+        aligned.extend([p.keys.offset, p.keys.stride, p.values.offset]);
+    }
+    if aligned.iter().any(|v| v % 4 != 0) {
+        return Err(GpuError::InvalidArgument(format!("attention: head_dim, offsets and strides must be multiples of 4 (got {aligned:?})")));
+    }
     if keys.stride != values.stride {
         return Err(GpuError::InvalidArgument("attention: keys and values must share a row stride".into()));
     }

@@ -125,6 +125,14 @@ impl Model {
     /// filling the KV cache, and returns final hidden states and logits of
     /// the last row, or of every row with `all_rows`.
     pub fn forward(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<ForwardOutput, ModelError> {
+        let (d, out) = self.forward_dispatches(tokens, start_pos, image, all_rows)?;
+        self.run(&d)?;
+        Ok(out)
+    }
+
+    /// The dispatches of [`Model::forward`], labelled by kernel, unsubmitted
+    /// (the benchmark times them one by one).
+    pub fn forward_dispatches(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
         let ctx = &self.ctx;
         let cfg = &self.config.llama;
         let (s, dim, f) = (tokens.len(), cfg.dim, cfg.ffn_hidden);
@@ -194,8 +202,7 @@ impl Model {
         d.push(rmsnorm_at(ctx, &h, first * dim, self.adapter.vector("llama.norm.weight")?, &hidden, 0, rows, dim, cfg.norm_eps)?);
         let logits = ctx.activations("logits", (rows * cfg.vocab_size * 4) as u64);
         d.extend(self.linear(&Linear::plain(self.base.matrix("output.weight")?), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
-        self.run(&d)?;
-        Ok(ForwardOutput { hidden, logits, rows })
+        Ok((d, ForwardOutput { hidden, logits, rows }))
     }
 
     /// Greedy next token of the last row of `out`.

@@ -76,6 +76,8 @@ pub struct Model {
     cache_v: Vec<wgpu::Buffer>,
     /// Bytes of weights and caches on the GPU.
     pub gpu_bytes: u64,
+    /// Dispatches in the last submitted forward pass (bench figure).
+    pub last_dispatches: std::cell::Cell<usize>,
 }
 
 impl Model {
@@ -155,6 +157,7 @@ impl Model {
             rope,
             cache_k,
             cache_v,
+            last_dispatches: std::cell::Cell::new(0),
         })
     }
 
@@ -227,6 +230,7 @@ impl Model {
 
     /// Submits dispatches in one pass.
     pub(crate) fn run(&self, dispatches: &[Dispatch]) -> Result<(), GpuError> {
+        self.last_dispatches.set(dispatches.len());
         let refs: Vec<&Dispatch> = dispatches.iter().collect();
         self.ctx.submit(&refs)
     }
