@@ -4,10 +4,14 @@
 //! * [`gpu`]: device, limits and features, pipeline cache, async readback.
 //! * [`kernels`]: one Rust wrapper per WGSL kernel family in `shaders/`.
 //! * [`reference`]: plain CPU versions of every kernel (the tests' oracle).
-//! * [`format`]: weight storage formats (f32, f16, q8, q4) and their packing.
+//! * [`format`]: weight storage formats (f32, f16, q8, q4), packing, the web package format.
+//! * [`model`]: config, weights, vision, decoder, generation.
+//! * [`text`]: tokenizer and prompt template; [`image`]: CLIP preprocessing.
+//! * `convert` (native): official checkpoints → packages.
 
 pub mod format;
 pub mod gpu;
+pub mod image;
 pub mod kernels;
 pub mod model;
 pub mod reference;

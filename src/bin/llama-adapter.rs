@@ -177,7 +177,7 @@ fn run_convert(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
     let report = convert(&a.llama_dir, &a.clip, &a.adapter, &a.out, &opts)?;
     let c = &report.config;
     println!(
-        "wrote {} ({:.1} MB) and {} ({:.1} MB) in {:.1} s",
+        "wrote {} ({:.3} MB) and {} ({:.3} MB) in {:.1} s",
         report.base_dir.display(),
         report.base_bytes as f64 / 1e6,
         report.adapter_dir.display(),
@@ -202,7 +202,8 @@ fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::err
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image.display()))?;
     let size = model.config.clip.image_size as u32;
-    let pixels = preprocess_image(&bytes, size, model.config.adapter.channel_order).map_err(|e| format!("{}: {e}", a.image.display()))?;
+    let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size, model.config.adapter.channel_order)
+        .map_err(|e| format!("{}: {e}", a.image.display()))?;
     if a.prompt.trim().is_empty() {
         return Err("the prompt is empty".into());
     }
@@ -361,8 +362,4 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
-}
-
-fn preprocess_image(_bytes: &[u8], _size: u32, _order: ChannelOrder) -> Result<Vec<f32>, String> {
-    Err("TEMPORARY".into())
 }

@@ -15,7 +15,7 @@ pub mod weights;
 
 use std::rc::Rc;
 
-use crate::format::package::{FormatError, LoadedPackage, PackageKind};
+use crate::format::package::{FormatError, LoadedPackage};
 use crate::gpu::{Dispatch, GpuContext, GpuError};
 use crate::kernels::matmul::{matmul, GpuMatrix, MatmulArgs, MatmulShape};
 use crate::kernels::rope::RopeTable;
@@ -84,8 +84,8 @@ impl Model {
     /// Loads and checks a base + adapter pair of packages (native: from folders).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_dirs(ctx: Rc<GpuContext>, base_dir: &std::path::Path, adapter_dir: &std::path::Path) -> Result<Model, ModelError> {
-        let base = LoadedPackage::read_dir(base_dir, PackageKind::Base)?;
-        let adapter = LoadedPackage::read_dir(adapter_dir, PackageKind::Adapter)?;
+        let base = LoadedPackage::read_dir(base_dir, crate::format::package::PackageKind::Base)?;
+        let adapter = LoadedPackage::read_dir(adapter_dir, crate::format::package::PackageKind::Adapter)?;
         let tokenizer_file = base.manifest.tokenizer.clone().ok_or_else(|| FormatError::Io("the base package names no tokenizer".into()))?;
         let tokenizer_bytes = std::fs::read(base_dir.join(&tokenizer_file.file)).map_err(|e| FormatError::Io(format!("{}: {e}", tokenizer_file.file)))?;
         if crate::format::package::sha256_hex(&tokenizer_bytes) != tokenizer_file.sha256 {
