@@ -8,12 +8,12 @@
 //! layers and patch, heads = width/64), from the adapter's config when it has
 //! them, or from flags with the official 7B defaults.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::pickle::{Checkpoint, PickleError, TensorRef, Value};
+use super::pickle::{PickleError, Value};
+use super::sources::{HfClip, HfLlama, PthSource, SafetensorsSource, TensorSource};
 use super::sentencepiece::{SentencePieceError, SentencePieceModel};
 use crate::format::package::{sha256_hex, FileEntry, FormatError, Manifest, PackageKind, PackageWriter};
 use crate::format::quant::QuantFormat;
@@ -70,30 +70,6 @@ fn bad(file: &str, reason: impl Into<String>) -> ConvertError {
     ConvertError::BadInput { file: file.into(), reason: reason.into() }
 }
 
-/// A source of named tensors (one opened checkpoint).
-struct Source {
-    ckpt: Checkpoint,
-    tensors: HashMap<String, TensorRef>,
-}
-
-impl Source {
-    fn open(path: &Path) -> Result<Source, ConvertError> {
-        let ckpt = Checkpoint::open(path)?;
-        let tensors = ckpt.tensors();
-        Ok(Source { ckpt, tensors })
-    }
-    fn file(&self) -> &str {
-        &self.ckpt.path
-    }
-    fn shape(&self, key: &str) -> Result<&[usize], ConvertError> {
-        self.tensors.get(key).map(|t| t.shape.as_slice()).ok_or_else(|| ConvertError::MissingKeys { file: self.file().into(), keys: key.into() })
-    }
-    fn read(&mut self, key: &str) -> Result<Vec<f32>, ConvertError> {
-        let t = self.tensors.get(key).cloned().ok_or_else(|| ConvertError::MissingKeys { file: self.file().into(), keys: key.into() })?;
-        Ok(self.ckpt.read_f32(&t)?)
-    }
-}
-
 /// What was written, for the report.
 pub struct ConvertReport {
     pub config: ModelConfig,
@@ -128,28 +104,45 @@ fn write_package(dir: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)], e
 }
 
 fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOptions) -> Result<(Vec<u8>, LlamaConfig, ClipConfig, u64), ConvertError> {
-    // --- LLaMA ---
-    let params = read_json(&llama_dir.join("params.json"))?;
-    let shards: Vec<PathBuf> = std::fs::read_dir(llama_dir)
-        .map_err(|e| ConvertError::Io(format!("{}: {e}", llama_dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("consolidated.") && n.ends_with(".pth")))
-        .collect();
-    if shards.len() != 1 {
-        return Err(bad(
-            &llama_dir.display().to_string(),
-            format!("expected exactly one consolidated.*.pth (the 7B layout), found {}; model-parallel checkpoints are not supported", shards.len()),
-        ));
-    }
-    let mut llama = Source::open(&shards[0])?;
+    // --- LLaMA: Meta's folder, or a Hugging Face one ---
+    let meta_params = llama_dir.join("params.json");
+    let (params, mut llama): (serde_json::Value, Box<dyn TensorSource>) = if meta_params.exists() {
+        let params = read_json(&meta_params)?;
+        let shards: Vec<PathBuf> = list_files(llama_dir, |n| n.starts_with("consolidated.") && n.ends_with(".pth"))?;
+        if shards.len() != 1 {
+            return Err(bad(
+                &llama_dir.display().to_string(),
+                format!("expected exactly one consolidated.*.pth (the 7B layout), found {}; model-parallel checkpoints are not supported", shards.len()),
+            ));
+        }
+        (params, Box::new(PthSource::open(&shards[0])?))
+    } else if llama_dir.join("config.json").exists() {
+        let hf = read_json(&llama_dir.join("config.json"))?;
+        let get = |k: &str| hf.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let heads = get("num_attention_heads").as_u64().unwrap_or(0) as usize;
+        if get("num_key_value_heads").as_u64().is_some_and(|kv| kv as usize != heads) {
+            return Err(bad("config.json", "grouped-query attention (num_key_value_heads != num_attention_heads) is not LLaMA-1/2-7B and is not supported"));
+        }
+        let params = json!({
+            "dim": get("hidden_size"), "n_layers": get("num_hidden_layers"), "n_heads": heads,
+            "norm_eps": get("rms_norm_eps"), "rope_theta": get("rope_theta"),
+        });
+        let files = list_files(llama_dir, |n| n.ends_with(".safetensors"))?;
+        if files.is_empty() {
+            return Err(bad(&llama_dir.display().to_string(), "a Hugging Face folder without *.safetensors files"));
+        }
+        (params, Box::new(HfLlama { inner: SafetensorsSource::open(&files)?, n_heads: heads }))
+    } else {
+        return Err(bad(&llama_dir.display().to_string(), "neither params.json (Meta) nor config.json (Hugging Face) found"));
+    };
     let file = llama.file().to_string();
     let get = |k: &str| params.get(k).and_then(|v| v.as_f64());
     let dim = get("dim").ok_or_else(|| bad("params.json", "no dim"))? as usize;
     let n_layers = get("n_layers").ok_or_else(|| bad("params.json", "no n_layers"))? as usize;
     let n_heads = get("n_heads").ok_or_else(|| bad("params.json", "no n_heads"))? as usize;
     let norm_eps = get("norm_eps").unwrap_or(1e-6) as f32;
-    let emb = llama.shape("tok_embeddings.weight")?.to_vec();
-    let w1 = llama.shape("layers.0.feed_forward.w1.weight")?.to_vec();
+    let emb = llama.shape("tok_embeddings.weight")?;
+    let w1 = llama.shape("layers.0.feed_forward.w1.weight")?;
     if emb.len() != 2 || emb[1] != dim {
         return Err(bad(&file, format!("tok_embeddings.weight has shape {emb:?}, params.json says dim {dim}")));
     }
@@ -164,12 +157,16 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
         max_seq_len: opts.max_seq_len,
     };
     // --- CLIP ---
-    let mut clip = Source::open(clip_path)?;
+    let mut clip: Box<dyn TensorSource> = if clip_path.extension().is_some_and(|e| e == "safetensors") {
+        Box::new(HfClip { inner: SafetensorsSource::open(&[clip_path.to_path_buf()])? })
+    } else {
+        Box::new(PthSource::open(clip_path)?)
+    };
     let clip_file = clip.file().to_string();
-    let prefix = if clip.tensors.contains_key("visual.conv1.weight") { "visual." } else { "" };
-    let conv = clip.shape(&format!("{prefix}conv1.weight"))?.to_vec();
-    let pos = clip.shape(&format!("{prefix}positional_embedding"))?.to_vec();
-    let proj = clip.shape(&format!("{prefix}proj"))?.to_vec();
+    let prefix = if clip.contains("visual.conv1.weight") { "visual." } else { "" };
+    let conv = clip.shape(&format!("{prefix}conv1.weight"))?;
+    let pos = clip.shape(&format!("{prefix}positional_embedding"))?;
+    let proj = clip.shape(&format!("{prefix}proj"))?;
     if conv.len() != 4 || conv[1] != 3 || conv[2] != conv[3] {
         return Err(bad(&clip_file, format!("conv1.weight has shape {conv:?}; expected [width, 3, p, p]")));
     }
@@ -178,7 +175,7 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
     if grid * grid + 1 != pos[0] {
         return Err(bad(&clip_file, format!("positional_embedding has {} rows, not a square grid plus one", pos[0])));
     }
-    let layers = (0..).take_while(|i| clip.tensors.contains_key(&format!("{prefix}transformer.resblocks.{i}.attn.in_proj_weight"))).count();
+    let layers = (0..).take_while(|i| clip.contains(&format!("{prefix}transformer.resblocks.{i}.attn.in_proj_weight"))).count();
     let clip_cfg = ClipConfig { width, layers, heads: (width / 64).max(1), patch: conv[2], image_size: grid * conv[2], embed_dim: proj[1] };
 
     let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
@@ -220,24 +217,42 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
         w.add(name, shape, format_for(shape, name), &data);
     }
     // Every LLaMA key must be used (rope.freqs is a precomputed table we rebuild).
-    let unknown: Vec<&String> = llama.tensors.keys().filter(|k| !used.contains(*k) && k.as_str() != "rope.freqs").collect();
+    let llama_keys = llama.keys();
+    let unknown: Vec<&String> = llama_keys.iter().filter(|k| !used.contains(*k) && k.as_str() != "rope.freqs").collect();
     if !unknown.is_empty() {
         return Err(ConvertError::UnknownKeys { file, keys: join_sorted(unknown) });
     }
     // CLIP: unused visual keys are an error; the text tower is skipped.
-    let unknown: Vec<&String> = clip.tensors.keys().filter(|k| k.starts_with(prefix) && !prefix.is_empty() && !used.contains(*k)).collect();
+    let clip_keys = clip.keys();
+    let unknown: Vec<&String> = clip_keys.iter().filter(|k| k.starts_with(prefix) && !prefix.is_empty() && !used.contains(*k)).collect();
     if !unknown.is_empty() {
         return Err(ConvertError::UnknownKeys { file: clip_file, keys: join_sorted(unknown) });
     }
-    // Tokenizer.
+    // Tokenizer: from tokenizer.model (exact sentencepiece behaviour), else a
+    // Hugging Face tokenizer.json as it is.
     let sp_path = llama_dir.join("tokenizer.model");
-    let sp_bytes = std::fs::read(&sp_path).map_err(|e| ConvertError::Io(format!("{}: {e}", sp_path.display())))?;
-    let tokenizer_json = SentencePieceModel::parse(&sp_bytes)?.to_tokenizer_json()?.into_bytes();
+    let tokenizer_json = if sp_path.exists() {
+        let sp_bytes = std::fs::read(&sp_path).map_err(|e| ConvertError::Io(format!("{}: {e}", sp_path.display())))?;
+        SentencePieceModel::parse(&sp_bytes)?.to_tokenizer_json()?.into_bytes()
+    } else {
+        std::fs::read(llama_dir.join("tokenizer.json"))
+            .map_err(|_| bad(&llama_dir.display().to_string(), "no tokenizer.model or tokenizer.json"))?
+    };
     let (mut manifest, files) = w.finish(PackageKind::Base, json!({"llama": llama_cfg, "clip": clip_cfg}));
     manifest.tokenizer = Some(FileEntry { file: "tokenizer.json".into(), bytes: tokenizer_json.len() as u64, sha256: sha256_hex(&tokenizer_json) });
     manifest.validate_tensors(&specs)?;
     let (text, bytes) = write_package(out, &manifest, &files, &[("tokenizer.json".into(), tokenizer_json)])?;
     Ok((text, llama_cfg, clip_cfg, bytes))
+}
+
+fn list_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, ConvertError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ConvertError::Io(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn join_sorted(mut keys: Vec<&String>) -> String {
@@ -277,21 +292,21 @@ fn convert_adapter(
     out: &Path,
     opts: &ConvertOptions,
 ) -> Result<(ModelConfig, u64), ConvertError> {
-    let mut src = Source::open(path)?;
+    let mut src = PthSource::open(path)?;
     let file = src.file().to_string();
     if src.ckpt.root.get("model").is_none() {
         return Err(bad(&file, "not an adapter checkpoint: no 'model' entry (expected torch.save({'model': ..., 'config': ...}))"));
     }
-    let vq = src.shape("visual_query.weight")?.to_vec();
-    let aq = src.shape("adapter_query.weight")?.to_vec();
-    let fc1 = src.shape("visual_blocks.0.mlp.fc1.weight")?.to_vec();
+    let vq = src.shape("visual_query.weight")?;
+    let aq = src.shape("adapter_query.weight")?;
+    let fc1 = src.shape("visual_blocks.0.mlp.fc1.weight")?;
     let (query_len, v_embed_dim) = (vq[0], vq[1]);
     if query_len == 0 || aq.len() != 2 || aq[0] % query_len != 0 || aq[1] != llama.dim {
         return Err(bad(&file, format!("adapter_query.weight has shape {aq:?}; expected [query_layer·{query_len}, {}]", llama.dim)));
     }
-    let v_depth = (0..).take_while(|i| src.tensors.contains_key(&format!("visual_blocks.{i}.attn.qkv.weight"))).count();
+    let v_depth = (0..).take_while(|i| src.contains(&format!("visual_blocks.{i}.attn.qkv.weight"))).count();
     let root = src.ckpt.root.clone();
-    let w_lora = config_bool(&root, "w_lora").unwrap_or_else(|| src.tensors.contains_key("llama.layers.0.attention.lora_wq_l1.weight"));
+    let w_lora = config_bool(&root, "w_lora").unwrap_or_else(|| src.contains("llama.layers.0.attention.lora_wq_l1.weight"));
     let lora_rank = if w_lora { src.shape("llama.layers.0.attention.lora_wq_l1.weight")?[0] } else { config_usize(&root, "lora_rank").unwrap_or(16) };
     let fusion = match config_value(&root, "fusion").and_then(|v| v.as_str()) {
         None | Some("late_add") => Fusion::LateAdd,
@@ -318,16 +333,17 @@ fn convert_adapter(
     config.validate().map_err(|reason| bad(&file, reason))?;
     let specs = adapter_specs(llama, clip, &adapter);
 
-    let unknown: Vec<&String> = src.tensors.keys().filter(|k| !specs.contains_key(*k)).collect();
+    let src_keys = src.keys();
+    let unknown: Vec<&String> = src_keys.iter().filter(|k| !specs.contains_key(*k)).collect();
     if !unknown.is_empty() {
         return Err(ConvertError::UnknownKeys { file, keys: join_sorted(unknown) });
     }
-    let missing: Vec<&String> = specs.iter().filter(|(k, (_, optional))| !optional && !src.tensors.contains_key(*k)).map(|(k, _)| k).collect();
+    let missing: Vec<&String> = specs.iter().filter(|(k, (_, optional))| !optional && !src.contains(k)).map(|(k, _)| k).collect();
     if !missing.is_empty() {
         return Err(ConvertError::MissingKeys { file, keys: join_sorted(missing) });
     }
     let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
-    let mut names: Vec<&String> = specs.keys().filter(|k| src.tensors.contains_key(*k)).collect();
+    let mut names: Vec<&String> = specs.keys().filter(|k| src.contains(k)).collect();
     names.sort();
     for name in names {
         let (shape, _) = &specs[name];

@@ -4,3 +4,4 @@
 pub mod checkpoint;
 pub mod pickle;
 pub mod sentencepiece;
+pub mod sources;

@@ -1,0 +1,46 @@
+//! Hugging Face layouts (LLaMA safetensors with HF's q/k row permutation,
+//! CLIP vision safetensors with separate q/k/v) convert to exactly the same
+//! packages as Meta's and OpenAI's files of the same weights
+//! (tests/fixtures/tiny/hf, made by tools/reference/make_hf_fixtures.py).
+
+use std::path::{Path, PathBuf};
+
+use llama_adapter_web::convert::checkpoint::{convert, ConvertOptions};
+use llama_adapter_web::format::package::{LoadedPackage, PackageKind};
+use llama_adapter_web::format::quant::QuantFormat;
+
+const FIX: &str = "tests/fixtures/tiny";
+
+fn out(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("la-hf-{}-{tag}", std::process::id()))
+}
+
+#[test]
+fn hf_layouts_convert_to_the_same_packages() {
+    // An HF folder: config.json + model.safetensors, and the tokenizer.model beside them.
+    let hf_dir = out("llama");
+    std::fs::create_dir_all(&hf_dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new(FIX).join("hf/llama").join(f), hf_dir.join(f)).unwrap();
+    }
+    std::fs::copy(Path::new(FIX).join("llama/tokenizer.model"), hf_dir.join("tokenizer.model")).unwrap();
+
+    let opts = ConvertOptions { quant: QuantFormat::F32, ..Default::default() };
+    let adapter = Path::new(FIX).join("adapter_bias.pth");
+    let meta = out("meta-out");
+    let hf = out("hf-out");
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &adapter, &meta, &opts).unwrap();
+    convert(&hf_dir, &Path::new(FIX).join("hf/clip.safetensors"), &adapter, &hf, &opts).unwrap();
+
+    let a = LoadedPackage::read_dir(&meta.join("base"), PackageKind::Base).unwrap();
+    let b = LoadedPackage::read_dir(&hf.join("base"), PackageKind::Base).unwrap();
+    let mut names: Vec<&str> = a.manifest.tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(a.manifest.tensors.len(), b.manifest.tensors.len());
+    for name in names {
+        assert_eq!(a.tensor_f32(name), b.tensor_f32(name), "{name} differs between the Meta/OpenAI and HF conversions");
+    }
+    // Same weights, same config: identical manifests and shards.
+    assert_eq!(a.manifest.config["llama"]["dim"], b.manifest.config["llama"]["dim"]);
+    assert_eq!(a.manifest_sha256, b.manifest_sha256, "the packages should be byte-identical");
+}
