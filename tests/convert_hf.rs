@@ -44,3 +44,21 @@ fn hf_layouts_convert_to_the_same_packages() {
     assert_eq!(a.manifest.config["llama"]["dim"], b.manifest.config["llama"]["dim"]);
     assert_eq!(a.manifest_sha256, b.manifest_sha256, "the packages should be byte-identical");
 }
+
+/// OpenAI releases CLIP as a TorchScript archive (`ViT-L-14.pt`): its module
+/// tree must give the same weights as the plain state dict.
+#[test]
+fn torchscript_clip_converts_like_the_state_dict() {
+    let opts = ConvertOptions { quant: QuantFormat::F32, ..Default::default() };
+    let adapter = Path::new(FIX).join("adapter_bias.pth");
+    let plain = out("ts-plain");
+    let scripted = out("ts-scripted");
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &adapter, &plain, &opts).unwrap();
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip_torchscript.pt"), &adapter, &scripted, &opts).unwrap();
+    let a = LoadedPackage::read_dir(&plain.join("base"), PackageKind::Base).unwrap();
+    let b = LoadedPackage::read_dir(&scripted.join("base"), PackageKind::Base).unwrap();
+    for t in a.manifest.tensors.iter().filter(|t| t.name.starts_with("clip.")) {
+        assert_eq!(a.tensor_f32(&t.name), b.tensor_f32(&t.name), "{}", t.name);
+    }
+    assert_eq!(a.manifest_sha256, b.manifest_sha256);
+}

@@ -75,6 +75,9 @@ pub enum Value {
     Global(String),
     /// The result of calling an uninterpreted global.
     Object(String, Vec<Value>),
+    /// An object whose state was set by BUILD: a TorchScript module, with
+    /// its attributes (parameters, buffers, submodules) in `state`.
+    Module { class: String, state: Box<Value> },
     /// A persistent id (PyTorch's storage records).
     Persistent(Box<Value>),
     Mark,
@@ -180,19 +183,35 @@ impl Checkpoint {
         Ok(out)
     }
 
-    /// The state dict: the root dict, or its `model` / `state_dict` entry.
+    /// The state dict: the root dict, or its `model` / `state_dict` entry, or
+    /// the parameters of a TorchScript module tree (OpenAI's released CLIP
+    /// files), named by their attribute paths as `state_dict()` would.
     /// Non-tensor entries (OpenAI CLIP holds a few integers) are skipped.
     pub fn tensors(&self) -> HashMap<String, TensorRef> {
         let dict = ["model", "state_dict"].iter().find_map(|k| self.root.get(k)).unwrap_or(&self.root);
         let mut out = HashMap::new();
-        if let Value::Dict(items) = dict {
+        collect_tensors(dict, "", &mut out);
+        out
+    }
+}
+
+fn collect_tensors(value: &Value, prefix: &str, out: &mut HashMap<String, TensorRef>) {
+    match value {
+        Value::Module { state, .. } => collect_tensors(state, prefix, out),
+        Value::Dict(items) => {
             for (k, v) in items {
-                if let (Some(name), Value::Tensor(t)) = (k.as_str(), v) {
-                    out.insert(name.to_string(), t.clone());
+                let Some(name) = k.as_str() else { continue };
+                match v {
+                    Value::Tensor(t) => {
+                        out.insert(format!("{prefix}{name}"), t.clone());
+                    }
+                    // Only module trees nest; a plain state dict is flat.
+                    Value::Module { .. } => collect_tensors(v, &format!("{prefix}{name}."), out),
+                    _ => {}
                 }
             }
         }
-        out
+        _ => {}
     }
 }
 
@@ -449,9 +468,14 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(Value::Object(name, args))
                 }
                 b'b' => {
-                    // BUILD: state applied to an object; we keep the object
-                    // (parameters' requires_grad and similar).
-                    self.pop()?;
+                    // BUILD: state applied to an object. TorchScript modules
+                    // keep it (their attributes); other states (an
+                    // OrderedDict's _metadata, a parameter's flags) are dropped.
+                    let state = self.pop()?;
+                    let top = self.top()?;
+                    if let Value::Object(class, _) = top {
+                        *top = Value::Module { class: class.clone(), state: Box::new(state) };
+                    }
                 }
                 b'0' => {
                     self.pop()?;
