@@ -62,3 +62,22 @@ fn torchscript_clip_converts_like_the_state_dict() {
     }
     assert_eq!(a.manifest_sha256, b.manifest_sha256);
 }
+
+/// One of our own adapter packages as the converter's adapter input: it is
+/// checked against the base and re-targeted to it (new base hash, new format).
+#[test]
+fn own_adapter_package_is_retargeted() {
+    let opts = |quant| ConvertOptions { quant, ..Default::default() };
+    let first = out("own-first");
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &Path::new(FIX).join("adapter_lora.pth"), &first, &opts(QuantFormat::F32)).unwrap();
+    let second = out("own-second");
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &first.join("adapter"), &second, &opts(QuantFormat::Q8)).unwrap();
+    let base = LoadedPackage::read_dir(&second.join("base"), PackageKind::Base).unwrap();
+    let a = LoadedPackage::read_dir(&first.join("adapter"), PackageKind::Adapter).unwrap();
+    let b = LoadedPackage::read_dir(&second.join("adapter"), PackageKind::Adapter).unwrap();
+    assert_eq!(b.manifest.base_sha256.as_deref(), Some(base.manifest_sha256.as_str()));
+    assert_eq!(b.manifest.tensor_count(), a.manifest.tensor_count());
+    let t = b.tensor("visual_blocks.0.mlp.fc1.weight").unwrap();
+    assert_eq!(t.format, "q8");
+    assert_eq!(a.tensor_f32("llama.layers.1.attention.new_gate"), b.tensor_f32("llama.layers.1.attention.new_gate"));
+}

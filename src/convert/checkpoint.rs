@@ -82,7 +82,12 @@ pub struct ConvertReport {
 /// Converts the three inputs into `out/base` and `out/adapter`.
 pub fn convert(llama_dir: &Path, clip: &Path, adapter: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let (base_manifest_bytes, llama_cfg, clip_cfg, base_bytes) = convert_base(llama_dir, clip, &out.join("base"), opts)?;
-    let (config, adapter_bytes) = convert_adapter(adapter, &llama_cfg, &clip_cfg, &sha256_hex(&base_manifest_bytes), &out.join("adapter"), opts)?;
+    let base_sha = sha256_hex(&base_manifest_bytes);
+    let (config, adapter_bytes) = if adapter.join("manifest.json").exists() {
+        retarget_adapter_package(adapter, &llama_cfg, &clip_cfg, &base_sha, &out.join("adapter"), opts)?
+    } else {
+        convert_adapter(adapter, &llama_cfg, &clip_cfg, &base_sha, &out.join("adapter"), opts)?
+    };
     Ok(ConvertReport { config, base_dir: out.join("base"), adapter_dir: out.join("adapter"), base_bytes, adapter_bytes })
 }
 
@@ -284,6 +289,48 @@ fn config_bool(root: &Value, key: &str) -> Option<bool> {
     }
 }
 
+/// Storage of an adapter tensor: linear weights of the visual branch take the
+/// chosen format; LoRA factors, prompts, norms, biases and gates stay f32.
+fn adapter_tensor_format(name: &str, shape: &[usize], quant: QuantFormat) -> QuantFormat {
+    let visual_linear = shape.len() == 2
+        && (name.starts_with("visual_blocks.") || name.starts_with("clip_proj.") || name.starts_with("visual_proj."))
+        && name.ends_with(".weight");
+    if visual_linear {
+        quant
+    } else {
+        QuantFormat::F32
+    }
+}
+
+/// One of our own adapter packages, checked against the new base's config
+/// and rewritten for it (visual-branch linears in the chosen format).
+fn retarget_adapter_package(
+    dir: &Path,
+    llama: &LlamaConfig,
+    clip: &ClipConfig,
+    base_sha256: &str,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<(ModelConfig, u64), ConvertError> {
+    use crate::format::package::LoadedPackage;
+    let package = LoadedPackage::read_dir(dir, PackageKind::Adapter)?;
+    let adapter: AdapterConfig = serde_json::from_value(package.manifest.config["adapter"].clone())
+        .map_err(|e| bad(&dir.display().to_string(), format!("adapter config: {e}")))?;
+    let config = ModelConfig { llama: llama.clone(), clip: clip.clone(), adapter: adapter.clone() };
+    config.validate().map_err(|reason| bad(&dir.display().to_string(), reason))?;
+    let specs = adapter_specs(llama, clip, &adapter);
+    package.manifest.validate_tensors(&specs)?;
+    let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
+    for t in &package.manifest.tensors {
+        let data = package.tensor_f32(&t.name).ok_or_else(|| bad(&dir.display().to_string(), format!("{} is unreadable", t.name)))?;
+        w.add(&t.name, &t.shape, adapter_tensor_format(&t.name, &t.shape, opts.quant), &data);
+    }
+    let (mut manifest, files) = w.finish(PackageKind::Adapter, json!({"adapter": adapter}));
+    manifest.base_sha256 = Some(base_sha256.into());
+    let (_, bytes) = write_package(out, &manifest, &files, &[])?;
+    Ok((config, bytes))
+}
+
 fn convert_adapter(
     path: &Path,
     llama: &LlamaConfig,
@@ -351,12 +398,7 @@ fn convert_adapter(
         if data.len() != shape.iter().product::<usize>() {
             return Err(bad(&file, format!("{name} has shape {:?}, the config implies {shape:?}", src.shape(name)?)));
         }
-        // Linear weights of the visual branch take the chosen format; LoRA
-        // factors, prompts, norms, biases and gates stay f32.
-        let quantise = shape.len() == 2
-            && (name.starts_with("visual_blocks.") || name.starts_with("clip_proj.") || name.starts_with("visual_proj."))
-            && name.ends_with(".weight");
-        w.add(name, shape, if quantise { opts.quant } else { QuantFormat::F32 }, &data);
+        w.add(name, shape, adapter_tensor_format(name, shape, opts.quant), &data);
     }
     let (mut manifest, files) = w.finish(PackageKind::Adapter, json!({"adapter": adapter}));
     manifest.base_sha256 = Some(base_sha256.into());

@@ -138,6 +138,10 @@ impl Manifest {
         serde_json::from_value(value).map_err(|e| FormatError::NotAManifest { file: file.into(), reason: e.to_string() })
     }
 
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
+    }
+
     /// Checks the tensor table against the shards and against the shapes the
     /// config implies (`expected`: name → (shape, optional)). Unknown and
     /// missing tensors, bad formats, pieces that do not tile the rows,
