@@ -33,6 +33,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Answer an instruction about a picture.
     Generate(GenerateArgs),
+    /// Score a held-out question set (questions.json) through the engine.
+    Eval(EvalArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -156,6 +158,24 @@ struct GenerateArgs {
     dump_logits: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A folder holding base/ and adapter/, or a base package with --adapter.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// questions.json: {"images": [{"image", "split", "questions": [{"kind", "instruction", "answer", "torch_answer"?}]}],
+    /// "text": [{"kind", "instruction", "answer", "torch_answer"?}]}; image paths are relative to it.
+    #[arg(long)]
+    questions: PathBuf,
+    #[arg(long, default_value_t = 48)]
+    max_new_tokens: usize,
+    /// Print one JSON object with the accuracies.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -193,10 +213,7 @@ fn run_convert(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let (base_dir, adapter_dir) = match &a.adapter {
-        Some(adapter) => (a.model.clone(), adapter.clone()),
-        None => (a.model.join("base"), a.model.join("adapter")),
-    };
+    let (base_dir, adapter_dir) = model_dirs(&a.model, &a.adapter);
     let start = Instant::now();
     let model = Model::load_dirs(Rc::new(ctx), &base_dir, &adapter_dir)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -267,6 +284,82 @@ fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
+fn model_dirs(model: &std::path::Path, adapter: &Option<PathBuf>) -> (PathBuf, PathBuf) {
+    match adapter {
+        Some(adapter) => (model.to_path_buf(), adapter.clone()),
+        None => (model.join("base"), model.join("adapter")),
+    }
+}
+
+/// Greedy answers to every question, exact match after trimming; accuracy
+/// by kind and split, and how often the engine's answer differs from the
+/// PyTorch model's (`torch_answer`), when the file has it.
+fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (base_dir, adapter_dir) = model_dirs(&a.model, &a.adapter);
+    let model = Model::load_dirs(Rc::new(ctx), &base_dir, &adapter_dir)?;
+    let text = std::fs::read_to_string(&a.questions).map_err(|e| format!("{}: {e}", a.questions.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", a.questions.display()))?;
+    let root = a.questions.parent().unwrap_or(std::path::Path::new("."));
+    let size = model.config.clip.image_size;
+    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, temperature: 0.0, ..Default::default() };
+    // (correct, total) by key; (differs from torch, compared).
+    let mut stats: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut vs_torch = (0usize, 0usize);
+    let start = Instant::now();
+    let mut score = |split: &str, q: &serde_json::Value, got: &str, stats: &mut std::collections::BTreeMap<String, (usize, usize)>| {
+        let kind = q["kind"].as_str().unwrap_or("?");
+        let ok = got.trim() == q["answer"].as_str().unwrap_or("").trim();
+        for key in [format!("{split}/{kind}"), format!("{split}/all"), format!("all/{kind}")] {
+            let e = stats.entry(key).or_default();
+            e.0 += ok as usize;
+            e.1 += 1;
+        }
+        if let Some(t) = q["torch_answer"].as_str() {
+            vs_torch.0 += (t.trim() != got.trim()) as usize;
+            vs_torch.1 += 1;
+        }
+    };
+    let empty = Vec::new();
+    let mut answer_all = |pixels: &[f32], questions: &[serde_json::Value], split: &str, stats: &mut std::collections::BTreeMap<String, (usize, usize)>| -> Result<(), Box<dyn std::error::Error>> {
+        let vision = model.encode_image(pixels)?;
+        let prefixes = model.prepare_image(&vision)?;
+        for q in questions {
+            let prompt = format_prompt(q["instruction"].as_str().unwrap_or(""), None);
+            let ids = model.tokenizer.encode_prompt(&prompt)?;
+            let got = model.generate(&prefixes, &ids, &opts, &mut |_, _| {})?;
+            score(split, q, &got.text, stats);
+        }
+        Ok(())
+    };
+    for item in doc["images"].as_array().unwrap_or(&empty) {
+        let name = item["image"].as_str().ok_or("an image item without \"image\"")?;
+        let bytes = std::fs::read(root.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size as u32, model.config.adapter.channel_order).map_err(|e| format!("{name}: {e}"))?;
+        let split = item["split"].as_str().unwrap_or("images").to_string();
+        answer_all(&pixels, item["questions"].as_array().unwrap_or(&empty), &split, &mut stats)?;
+    }
+    // Text-only items see the all-zero, unnormalised image (spec §4).
+    let text_items = doc["text"].as_array().cloned().unwrap_or_default();
+    if !text_items.is_empty() {
+        answer_all(&vec![0.0; 3 * size * size], &text_items, "text", &mut stats)?;
+    }
+    let accuracy: serde_json::Map<String, serde_json::Value> =
+        stats.iter().map(|(k, (ok, n))| (k.clone(), serde_json::json!({"acc": *ok as f64 / *n as f64, "n": n}))).collect();
+    let differs = if vs_torch.1 > 0 { Some(vs_torch.0 as f64 / vs_torch.1 as f64) } else { None };
+    if a.json {
+        println!("{}", serde_json::json!({"accuracy": accuracy, "differs_from_torch": differs, "compared": vs_torch.1, "seconds": start.elapsed().as_secs_f64(), "adapter": model.ctx.info.name}));
+    } else {
+        for (k, (ok, n)) in &stats {
+            println!("{k:<28} {:.3} ({ok}/{n})", *ok as f64 / *n as f64);
+        }
+        if let Some(d) = differs {
+            println!("answers differing from the PyTorch model: {:.2}% of {}", 100.0 * d, vs_torch.1);
+        }
+        println!("[{:.0} s on {}]", start.elapsed().as_secs_f64(), model.ctx.info.name);
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // Conversion needs no GPU.
     let command = match cli.command {
@@ -278,6 +371,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Info => println!("adapter: {}", ctx.info),
         Command::Convert(a) => run_convert(a)?,
         Command::Generate(a) => run_generate(ctx, a)?,
+        Command::Eval(a) => run_eval(ctx, a)?,
         Command::Bench { what: BenchWhat::Model { shape, dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, prompt, new_tokens, json } } => {
             let quant = QuantFormat::parse(&quant).ok_or_else(|| format!("unknown --quant {quant:?}"))?;
             let shape = match shape.as_deref() {
