@@ -158,6 +158,21 @@ impl Manifest {
             if &t.shape != shape {
                 return Err(err(format!("shape {:?} does not fit the config, which implies {:?}", t.shape, shape)));
             }
+        }
+        self.validate_structure()?;
+        for (name, (_, optional)) in expected {
+            if !optional && !seen.contains(name.as_str()) {
+                return Err(FormatError::MissingTensor { name: name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what does not depend on the config: formats, pieces tiling the
+    /// rows, lengths matching the format, and byte ranges inside the shards.
+    pub fn validate_structure(&self) -> Result<(), FormatError> {
+        for t in &self.tensors {
+            let err = |reason: String| FormatError::Tensor { name: t.name.clone(), reason };
             let format = t.quant().ok_or_else(|| err(format!("unknown storage format {:?}", t.format)))?;
             let mut next_row = 0;
             for p in &t.pieces {
@@ -176,11 +191,6 @@ impl Manifest {
             }
             if next_row != t.rows() {
                 return Err(err(format!("pieces cover {next_row} of {} rows", t.rows())));
-            }
-        }
-        for (name, (_, optional)) in expected {
-            if !optional && !seen.contains(name.as_str()) {
-                return Err(FormatError::MissingTensor { name: name.clone() });
             }
         }
         Ok(())
@@ -280,6 +290,7 @@ impl LoadedPackage {
         if manifest.kind != kind {
             return Err(FormatError::Kind { file: path.display().to_string(), expected: kind, found: manifest.kind });
         }
+        manifest.validate_structure()?;
         let mut shards = Vec::with_capacity(manifest.shards.len());
         for entry in &manifest.shards {
             if entry.file.contains('/') || entry.file.contains('\\') || entry.file.starts_with('.') {
