@@ -303,7 +303,7 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     let tokens: Vec<u32> = (0..prompt).map(|_| 3 + rng.below(cfg.llama.vocab_size - 3) as u32).collect();
     let t = Instant::now();
     let out = model.forward(&tokens, 0, &prefixes, false)?;
-    let mut next = model.argmax_token(&out)?;
+    let mut next = model.argmax_token_blocking(&out)?;
     let prefill_s = t.elapsed().as_secs_f64();
 
     let mut host = 0.0;
@@ -312,7 +312,7 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
         let h = Instant::now();
         let out = model.forward(&[next], prompt + i, &prefixes, false)?;
         host += h.elapsed().as_secs_f64();
-        next = model.argmax_token(&out)?;
+        next = model.argmax_token_blocking(&out)?;
     }
     let decode_s = t.elapsed().as_secs_f64();
     let dispatches = model.last_dispatches.get();

@@ -67,11 +67,11 @@ fn run_parity(name: &str, quant: QuantFormat) -> Parity {
 
     // Greedy decoding, one token at a time after the prompt.
     let want: Vec<u32> = greedy["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let mut got = vec![model.argmax_token(&out).unwrap()];
+    let mut got = vec![model.argmax_token_blocking(&out).unwrap()];
     let mut pos = prompt.len();
     while got.len() < want.len() {
         let step = model.forward(&[*got.last().unwrap()], pos, &prefixes, false).unwrap();
-        got.push(model.argmax_token(&step).unwrap());
+        got.push(model.argmax_token_blocking(&step).unwrap());
         pos += 1;
     }
     println!("{name} {}: clip {clip_err:.2e} vq {vq_err:.2e} hidden {hidden_err:.2e} logits {logits_err:.2e}; greedy {:?}", quant.name(), got == want);

@@ -240,7 +240,7 @@ fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::err
     };
     let json = a.json;
     let mut stdout = std::io::stdout();
-    let result = model.generate(&prefixes, &prompt_ids, &opts, &mut |_, piece| {
+    let result = model.generate_blocking(&prefixes, &prompt_ids, &opts, &mut |_, piece| {
         if !json {
             use std::io::Write;
             let _ = write!(stdout, "{piece}");
@@ -326,7 +326,7 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
         for q in questions {
             let prompt = format_prompt(q["instruction"].as_str().unwrap_or(""), None);
             let ids = model.tokenizer.encode_prompt(&prompt)?;
-            let got = model.generate(&prefixes, &ids, &opts, &mut |_, _| {})?;
+            let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {})?;
             score(split, q, &got.text, stats);
         }
         Ok(())

@@ -205,26 +205,20 @@ impl Model {
         Ok((d, ForwardOutput { hidden, logits, rows }))
     }
 
-    /// Greedy next token of the last row of `out`.
-    pub fn argmax_token(&self, out: &ForwardOutput) -> Result<u32, ModelError> {
+    /// Greedy next token of the last row of `out` (reads back 8 bytes).
+    pub async fn argmax_token(&self, out: &ForwardOutput) -> Result<u32, ModelError> {
         let ctx = &self.ctx;
         let vocab = self.config.llama.vocab_size;
         let result = ctx.storage("argmax", 8);
         let dsp = sampling::argmax(ctx, &out.logits, (out.rows - 1) * vocab, vocab, &result)?;
         ctx.submit(&[&dsp])?;
-        let words: Vec<u32> = self.read_u32(&result, 2)?;
+        let words: Vec<u32> = ctx.read(&result, 0, 2).await?;
         Ok(words[0])
     }
 
-    pub fn read_u32(&self, buffer: &wgpu::Buffer, count: usize) -> Result<Vec<u32>, ModelError> {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            Ok(self.ctx.read_blocking(buffer, 0, count)?)
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            let _ = (buffer, count);
-            Err(ModelError::BadInput("use the async API on the web".into()))
-        }
+    /// Native convenience: blocks on [`Model::argmax_token`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn argmax_token_blocking(&self, out: &ForwardOutput) -> Result<u32, ModelError> {
+        pollster::block_on(self.argmax_token(out))
     }
 }

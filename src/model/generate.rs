@@ -55,8 +55,21 @@ pub struct Generation {
 const SAMPLE_K: [usize; 2] = [64, sampling::MAX_TOP_K];
 
 impl Model {
+    /// Native convenience: blocks on [`Model::generate`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate_blocking(
+        &self,
+        image: &ImagePrefixes,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32, &str),
+    ) -> Result<Generation, ModelError> {
+        pollster::block_on(self.generate(image, prompt_ids, opts, on_token))
+    }
+
     /// Generates from `prompt_ids` (BOS first) for an image's prefixes.
-    pub fn generate(
+    /// Every wait is an await on a readback, so it runs on the web too.
+    pub async fn generate(
         &self,
         image: &ImagePrefixes,
         prompt_ids: &[u32],
@@ -81,7 +94,7 @@ impl Model {
 
         let t0 = Instant::now();
         let mut out = self.forward(prompt_ids, 0, image, false)?;
-        let mut next = self.choose(&out, opts, &mut rng, &mut logits_kept)?;
+        let mut next = self.choose(&out, opts, &mut rng, &mut logits_kept).await?;
         let prefill = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut pos = prompt_ids.len();
@@ -99,7 +112,7 @@ impl Model {
             }
             out = self.forward(&[next], pos, image, false)?;
             pos += 1;
-            next = self.choose(&out, opts, &mut rng, &mut logits_kept)?;
+            next = self.choose(&out, opts, &mut rng, &mut logits_kept).await?;
         }
         let decode = t1.elapsed().as_secs_f64();
         let decoded_steps = generated.len().saturating_sub(1).max(1);
@@ -119,15 +132,14 @@ impl Model {
     }
 
     /// The next token from the last row of `out`.
-    fn choose(&self, out: &ForwardOutput, opts: &GenerateOptions, rng: &mut Rng, kept: &mut Vec<Vec<f32>>) -> Result<u32, ModelError> {
+    async fn choose(&self, out: &ForwardOutput, opts: &GenerateOptions, rng: &mut Rng, kept: &mut Vec<Vec<f32>>) -> Result<u32, ModelError> {
         let vocab = self.config.llama.vocab_size;
         let offset = (out.rows - 1) * vocab;
         if opts.keep_logits {
-            let row: Vec<f32> = self.read_f32(&out.logits, offset + vocab)?.split_off(offset);
-            kept.push(row);
+            kept.push(self.ctx.read(&out.logits, offset, vocab).await?);
         }
         if opts.temperature == 0.0 {
-            return self.argmax_token(out);
+            return self.argmax_token(out).await;
         }
         let u = rng.uniform();
         let ctx = &self.ctx;
@@ -136,13 +148,13 @@ impl Model {
             let result = ctx.storage("top-k", (top_k_words(k) * 4) as u64);
             let dsp = sampling::top_k(ctx, &out.logits, offset, vocab, k, opts.temperature, &result)?;
             ctx.submit(&[&dsp])?;
-            let summary = TopK::from_words(&self.read_u32(&result, top_k_words(k))?);
+            let summary = TopK::from_words(&ctx.read::<u32>(&result, 0, top_k_words(k)).await?);
             if let Some(token) = summary.sample_top_p(opts.temperature, opts.top_p as f64, u) {
                 return Ok(token);
             }
         }
         // The nucleus is wider than MAX_TOP_K candidates: sample on the full row.
-        let row: Vec<f32> = self.read_f32(&out.logits, offset + vocab)?.split_off(offset);
+        let row: Vec<f32> = self.ctx.read(&out.logits, offset, vocab).await?;
         Ok(reference::sampling::sample_top_p(&row, opts.temperature, opts.top_p as f64, u))
     }
 }

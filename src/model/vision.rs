@@ -165,16 +165,14 @@ impl Model {
         Ok(d)
     }
 
-    /// Reads a GPU buffer of f32 back (tests, tools).
+    /// Reads the first `count` f32s of a GPU buffer back.
+    pub async fn read_f32_async(&self, buffer: &wgpu::Buffer, count: usize) -> Result<Vec<f32>, GpuError> {
+        self.ctx.read(buffer, 0, count).await
+    }
+
+    /// Native convenience: blocks on [`Model::read_f32_async`] (tests, tools).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32(&self, buffer: &wgpu::Buffer, count: usize) -> Result<Vec<f32>, GpuError> {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            self.ctx.read_blocking(buffer, 0, count)
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            let _ = (buffer, count);
-            Err(GpuError::Readback("use the async read on the web".into()))
-        }
+        self.ctx.read_blocking(buffer, 0, count)
     }
 }
