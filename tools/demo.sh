@@ -13,7 +13,7 @@ bin=target/release/llama-adapter
 model=target/demo/tiny-q4
 if [ ! -f "$model/adapter/manifest.json" ]; then
   "$bin" convert --llama-dir tests/fixtures/tiny/llama --clip tests/fixtures/tiny/clip.pth \
-    --adapter tests/fixtures/tiny/adapter_bias.pth --v-num-heads 2 --quant q4 --channel-order rgb --out "$model"
+    --adapter tests/fixtures/tiny/adapter_bias.pth --v-num-heads 2 --quant q4 --channel-order rgb --quiet --out "$model"
 fi
 "$bin" info
 "$bin" generate --model "$model" --image tests/fixtures/images/franz-kafka.jpg \

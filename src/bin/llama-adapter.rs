@@ -123,6 +123,9 @@ struct ConvertArgs {
     /// Output folder; gets base/ and adapter/.
     #[arg(long)]
     out: PathBuf,
+    /// No per-tensor progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -191,7 +194,7 @@ fn run_convert(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
         "rgb" => ChannelOrder::Rgb,
         other => return Err(format!("unknown --channel-order {other:?} (expected bgr or rgb)").into()),
     };
-    let opts = ConvertOptions { quant, v_num_heads: a.v_num_heads, max_seq_len: a.max_seq_len, rope_theta: a.rope_theta, channel_order, ..Default::default() };
+    let opts = ConvertOptions { quant, v_num_heads: a.v_num_heads, max_seq_len: a.max_seq_len, rope_theta: a.rope_theta, channel_order, progress: !a.quiet, ..Default::default() };
     let start = Instant::now();
     eprintln!("converting (weights in {}, norms/biases/gates/prompts in f32)…", quant.name());
     let report = convert(&a.llama_dir, &a.clip, &a.adapter, &a.out, &opts)?;

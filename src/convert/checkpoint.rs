@@ -32,6 +32,8 @@ pub struct ConvertOptions {
     pub shard_bytes: u64,
     /// Largest piece of one tensor (one GPU binding).
     pub piece_bytes: u64,
+    /// Print a progress line per tensor to stderr (the CLI; large models take minutes).
+    pub progress: bool,
 }
 
 impl Default for ConvertOptions {
@@ -44,6 +46,7 @@ impl Default for ConvertOptions {
             channel_order: ChannelOrder::Bgr,
             shard_bytes: 64 << 20,
             piece_bytes: 64 << 20,
+            progress: false,
         }
     }
 }
@@ -193,7 +196,11 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
     let mut used = std::collections::HashSet::new();
     let mut names: Vec<&String> = specs.keys().collect();
     names.sort();
-    for name in names {
+    let total = names.len();
+    for (i, name) in names.into_iter().enumerate() {
+        if opts.progress {
+            eprintln!("[base {}/{total}] {name}", i + 1);
+        }
         let (shape, _) = &specs[name];
         let (data, source_key) = if let Some(rest) = name.strip_prefix("clip.") {
             if rest == "proj_t" {
@@ -392,7 +399,11 @@ fn convert_adapter(
     let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
     let mut names: Vec<&String> = specs.keys().filter(|k| src.contains(k)).collect();
     names.sort();
-    for name in names {
+    let total = names.len();
+    for (i, name) in names.into_iter().enumerate() {
+        if opts.progress {
+            eprintln!("[adapter {}/{total}] {name}", i + 1);
+        }
         let (shape, _) = &specs[name];
         let data = src.read(name)?;
         if data.len() != shape.iter().product::<usize>() {
