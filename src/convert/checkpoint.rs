@@ -381,7 +381,12 @@ fn convert_adapter(
         w_scale: config_bool(&root, "w_scale").unwrap_or(false),
         fusion,
         early_layers: if fusion == Fusion::EarlyPrefix { config_usize(&root, "early_layers").unwrap_or(1) } else { 0 },
-        channel_order: opts.channel_order,
+        // A checkpoint that says how it was trained wins over the flag.
+        channel_order: match config_value(&root, "channel_order").and_then(|v| v.as_str()) {
+            Some("rgb") => ChannelOrder::Rgb,
+            Some("bgr") => ChannelOrder::Bgr,
+            _ => opts.channel_order,
+        },
     };
     let config = ModelConfig { llama: llama.clone(), clip: clip.clone(), adapter: adapter.clone() };
     config.validate().map_err(|reason| bad(&file, reason))?;
