@@ -1,0 +1,686 @@
+#!/usr/bin/env python3
+"""Train the default LLaMA-Adapter V2 demo model (shape world) from scratch on the CPU.
+
+    python3 tools/train/train.py --out tools/train/runs/default
+
+Stages (each saves a checkpoint under --out and is skipped when its checkpoint exists):
+  1. lm    : small LLaMA-architecture LM pre-trained on a generated text corpus (then frozen)
+  2. pool  : render the image pool (PIL renderer) used by stages 3-4
+  3. clip  : small CLIP-layout ViT + tiny text tower, contrastive on image/caption pairs (frozen)
+  4. adapt : LLaMA-Adapter V2 joint training with disjoint parameter groups
+             image-text data  -> visual branch (clip_proj .. visual_proj_norm) + early visual_gate
+             instruction data -> late adapter_query, gates, biases, scales, RMSNorm weights
+  5. export: official layouts to www/models/default/src/ (llama/, clip.pth, adapter.pth)
+
+Budgets per stage are wall-clock minutes (cosine schedules are fitted to the budget after
+timing the first steps). One thread (torch.set_num_threads(1)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.set_num_threads(1)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(REPO, "tools", "reference"))
+sys.dont_write_bytecode = True
+import data as D  # noqa: E402
+import model as ref  # noqa: E402  (rope / rms_norm reused from the fp32 reference)
+
+TOKENIZER = os.path.join(REPO, "tests", "fixtures", "llama-tokenizer.model")
+VOCAB = 32000
+BOS, EOS = 1, 2
+
+# ---- sizes ---------------------------------------------------------------------------------
+LLAMA = dict(dim=96, multiple_of=32, n_heads=4, n_layers=6, norm_eps=1e-05, vocab_size=-1)
+CLIP = dict(width=128, layers=4, patch=32, res=224, out=128, text_width=128, text_layers=2)
+ADAPTER = dict(w_bias=True, w_lora=False, lora_rank=16, fusion="early_prefix", early_layers=3, w_scale=True,
+               query_len=10, query_layer=3, v_embed_dim=128, v_depth=2, v_num_heads=4, v_mlp_ratio=4.0,
+               channel_order="rgb")
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# ---- tokenizer / compact vocabulary ----------------------------------------------------------
+
+
+class Tok:
+    """LLaMA SentencePiece; training uses a compact id space (the ids the generators emit)."""
+
+    def __init__(self, ids=None):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=TOKENIZER)
+        assert self.sp.get_piece_size() == VOCAB
+        if ids is None:
+            rng = random.Random(99)
+            s = {BOS, EOS}
+            for _ in range(40000):
+                p, r = D.lm_example(rng)
+                s.update(self.enc(p or "") + self.enc(r))
+                sc = D.sample_scene(rng)
+                for _, q, a in D.questions(sc, rng, all_kinds=rng.random() < 0.5):
+                    s.update(self.enc(D.format_prompt(q)) + self.enc(a))
+                _, q, a = D.text_task(rng)
+                s.update(self.enc(D.format_prompt(q)) + self.enc(a))
+            ids = sorted(s)
+        self.ids = list(ids)
+        self.g2c = {g: i for i, g in enumerate(self.ids)}
+
+    def enc(self, s):
+        return self.sp.encode(s) if s else []
+
+    def c(self, gids):
+        return [self.g2c[g] for g in gids]
+
+
+def example_ids(tok, prompt, answer):
+    """(compact ids, loss mask): BOS + prompt, answer + EOS; loss on the answer (+EOS) only.
+    prompt None: plain document, loss on every token after BOS."""
+    if prompt is None:
+        g = [BOS] + tok.enc(answer) + [EOS]
+        return tok.c(g), [0] + [1] * (len(g) - 1)
+    p = [BOS] + tok.enc(prompt)
+    a = tok.enc(answer.strip()) + [EOS]
+    return tok.c(p + a), [0] * len(p) + [1] * len(a)
+
+
+def collate(exs):
+    T = max(len(x) for x, _ in exs)
+    ids = torch.zeros(len(exs), T, dtype=torch.long)
+    m = torch.zeros(len(exs), T)
+    for i, (x, mk) in enumerate(exs):
+        ids[i, :len(x)] = torch.tensor(x)
+        m[i, :len(x)] = torch.tensor(mk, dtype=torch.float32)
+    # predict token t from position t-1
+    return ids, m
+
+
+# ---- LLaMA decoder (training form; matches tools/reference/model.py Decoder exactly) --------
+
+
+def ffn_hidden(dim, multiple_of):
+    return ref.AdapterConfig.ffn_hidden_of(dim, multiple_of)
+
+
+class LLaMA(nn.Module):
+    LIN = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+    BIAS = ["wq", "wo", "w1", "w2", "w3"]
+
+    def __init__(self, V, p, a=None):
+        super().__init__()
+        d, L, H = p["dim"], p["n_layers"], p["n_heads"]
+        hid = ffn_hidden(d, p["multiple_of"])
+        self.d, self.L, self.H, self.hd, self.eps = d, L, H, d // H, p["norm_eps"]
+        self.tok = nn.Parameter(torch.randn(V, d) * 0.02)
+        self.out = nn.Parameter(torch.randn(V, d) * 0.02)
+        self.unused = nn.Parameter(torch.zeros(d))  # shared row of every id outside the compact vocab
+        self.n_unused = VOCAB - V
+        shp = dict(wq=(d, d), wk=(d, d), wv=(d, d), wo=(d, d), w1=(hid, d), w2=(d, hid), w3=(hid, d))
+        self.W = nn.ParameterDict()
+        for l in range(L):
+            for n, s in shp.items():
+                std = 0.02 / math.sqrt(2 * L) if n in ("wo", "w2") else 0.02
+                self.W[f"{l}_{n}"] = nn.Parameter(torch.randn(*s) * std)
+            self.W[f"{l}_an"] = nn.Parameter(torch.ones(d))
+            self.W[f"{l}_fn"] = nn.Parameter(torch.ones(d))
+        self.norm = nn.Parameter(torch.ones(d))
+        self.a = a
+        if a is not None:
+            self.B = nn.ParameterDict({f"{l}_{n}": nn.Parameter(torch.zeros(shp[n][0])) for l in range(L) for n in self.BIAS})
+            self.S = nn.ParameterDict({f"{l}_{n}": nn.Parameter(torch.ones(shp[n][0])) for l in range(L) for n in self.LIN})
+            self.gate = nn.ParameterDict({str(l): nn.Parameter(torch.zeros(1, H, 1, 1)) for l in range(L)})
+            self.vgate = nn.ParameterDict({str(l): nn.Parameter(torch.zeros(1, H, 1, 1)) for l in range(a["early_layers"])})
+            self.prompts = nn.Parameter(torch.randn(a["query_layer"] * a["query_len"], d))
+
+    def lin(self, x, l, n, scale=True, bias=True):
+        y = F.linear(x, self.W[f"{l}_{n}"])
+        if self.a is not None:
+            if bias and n in self.BIAS:
+                y = y + self.B[f"{l}_{n}"]
+            if scale:
+                y = y * self.S[f"{l}_{n}"]
+        return y
+
+    def hidden(self, ids, vq=None):
+        B, T = ids.shape
+        H, hd = self.H, self.hd
+        h = self.tok[ids]
+        cos, sin = ref.rope_cos_sin(hd, torch.arange(T))
+        a = self.a
+        first_late = self.L - a["query_layer"] if a else self.L
+        for l in range(self.L):
+            x = ref.rms_norm(h, self.W[f"{l}_an"], self.eps)
+            q = ref.apply_rope(self.lin(x, l, "wq").view(B, T, H, hd), cos, sin).transpose(1, 2)
+            k = ref.apply_rope(self.lin(x, l, "wk", bias=False).view(B, T, H, hd), cos, sin).transpose(1, 2)
+            v = self.lin(x, l, "wv", bias=False).view(B, T, H, hd).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            A = g = None
+            if a is not None and l < a["early_layers"] and vq is not None:
+                A, g = vq, self.vgate[str(l)]
+            elif a is not None and l >= first_late:
+                ql = a["query_len"]
+                A = self.prompts[(l - first_late) * ql:(l - first_late + 1) * ql].unsqueeze(0).expand(B, -1, -1)
+                g = self.gate[str(l)]
+            if A is not None:
+                La = A.shape[1]
+                ka = self.lin(A, l, "wk", bias=False).view(B, La, H, hd).transpose(1, 2)
+                va = self.lin(A, l, "wv", bias=False).view(B, La, H, hd).transpose(1, 2)
+                p = torch.softmax(q @ ka.transpose(-1, -2) / math.sqrt(hd), dim=-1)
+                o = o + torch.tanh(g) * (p @ va)
+            h = h + self.lin(o.transpose(1, 2).reshape(B, T, -1), l, "wo")
+            x = ref.rms_norm(h, self.W[f"{l}_fn"], self.eps)
+            h = h + self.lin(F.silu(self.lin(x, l, "w1")) * self.lin(x, l, "w3"), l, "w2")
+        return ref.rms_norm(h, self.norm, self.eps)
+
+    def logits(self, hs):
+        """[N, V+1]: compact vocab + one column for the (identical) unused rows, shifted by
+        log(#unused) so the softmax equals the full 32000-way softmax."""
+        lu = hs @ self.unused + math.log(self.n_unused)
+        return torch.cat([hs @ self.out.t(), lu[:, None]], dim=1)
+
+    def loss(self, ids, mask, vq=None):
+        hs = self.hidden(ids[:, :-1], vq)
+        sel = mask[:, 1:] > 0
+        return F.cross_entropy(self.logits(hs[sel]), ids[:, 1:][sel])
+
+
+# ---- CLIP ViT (OpenAI layout) + tiny text tower ----------------------------------------------
+
+
+class ResBlock(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(w), nn.LayerNorm(w)
+        self.attn = nn.MultiheadAttention(w, w // 64, batch_first=True)
+        self.c_fc, self.c_proj = nn.Linear(w, 4 * w), nn.Linear(4 * w, w)
+
+    def forward(self, x, pad=None):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        return x + self.c_proj(ref.quick_gelu(self.c_fc(self.ln_2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        w, p = c["width"], c["patch"]
+        n = (c["res"] // p) ** 2 + 1
+        self.conv1 = nn.Conv2d(3, w, p, p, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(w) * w ** -0.5)
+        self.positional_embedding = nn.Parameter(torch.randn(n, w) * w ** -0.5)
+        self.ln_pre, self.ln_post = nn.LayerNorm(w), nn.LayerNorm(w)
+        self.blocks = nn.ModuleList([ResBlock(w) for _ in range(c["layers"])])
+        self.proj = nn.Parameter(torch.randn(w, c["out"]) * w ** -0.5)
+
+    def forward(self, img):  # -> [B, n, out]: ln_post on all tokens, @ proj (spec 2.1)
+        x = self.conv1(img).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], 1) + self.positional_embedding
+        x = self.ln_pre(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.ln_post(x) @ self.proj
+
+    def state_dict_openai(self):
+        sd = {"conv1.weight": self.conv1.weight, "class_embedding": self.class_embedding,
+              "positional_embedding": self.positional_embedding, "proj": self.proj}
+        for n in ("ln_pre", "ln_post"):
+            sd[f"{n}.weight"], sd[f"{n}.bias"] = getattr(self, n).weight, getattr(self, n).bias
+        for i, b in enumerate(self.blocks):
+            p = f"transformer.resblocks.{i}."
+            sd[p + "attn.in_proj_weight"], sd[p + "attn.in_proj_bias"] = b.attn.in_proj_weight, b.attn.in_proj_bias
+            sd[p + "attn.out_proj.weight"], sd[p + "attn.out_proj.bias"] = b.attn.out_proj.weight, b.attn.out_proj.bias
+            for n in ("ln_1", "ln_2", "c_fc", "c_proj"):
+                m = getattr(b, n)
+                k = p + (f"mlp.{n}" if n.startswith("c_") else n)
+                sd[k + ".weight"], sd[k + ".bias"] = m.weight, m.bias
+        return {k: v.detach().clone() for k, v in sd.items()}
+
+
+class TextTower(nn.Module):
+    def __init__(self, V, c, T=32):
+        super().__init__()
+        w = c["text_width"]
+        self.emb = nn.Embedding(V, w)
+        self.pos = nn.Parameter(torch.randn(T, w) * 0.01)
+        self.blocks = nn.ModuleList([ResBlock(w) for _ in range(c["text_layers"])])
+        self.ln = nn.LayerNorm(w)
+        self.proj = nn.Parameter(torch.randn(w, c["out"]) * w ** -0.5)
+
+    def forward(self, ids, lens):
+        x = self.emb(ids) + self.pos[: ids.shape[1]]
+        pad = torch.arange(ids.shape[1])[None] >= lens[:, None]
+        for b in self.blocks:
+            x = b(x, pad)
+        x = self.ln(x)
+        return x[torch.arange(len(ids)), lens - 1] @ self.proj  # EOS token
+
+
+# ---- visual adapter branch (spec 2.2) ---------------------------------------------------------
+
+
+class Block(nn.Module):  # timm 0.3.2 Block
+    def __init__(self, C, H, r):
+        super().__init__()
+        self.H = H
+        self.norm1, self.norm2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.fc1, self.fc2 = nn.Linear(C, int(C * r)), nn.Linear(int(C * r), C)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(B, N, 3, self.H, C // self.H).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + self.proj(o.transpose(1, 2).reshape(B, N, C))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class Visual(nn.Module):
+    def __init__(self, clip_out, dim, a):
+        super().__init__()
+        V = a["v_embed_dim"]
+        self.ql = a["query_len"]
+        self.clip_proj, self.clip_proj_norm = nn.Linear(clip_out, V), nn.LayerNorm(V)
+        self.visual_query = nn.Embedding(self.ql, V)
+        self.visual_blocks = nn.ModuleList([Block(V, a["v_num_heads"], a["v_mlp_ratio"]) for _ in range(a["v_depth"])])
+        self.visual_proj, self.visual_proj_norm = nn.Linear(V, dim), nn.LayerNorm(dim)
+
+    def forward(self, feats):
+        c = self.clip_proj_norm(self.clip_proj(feats))
+        z = torch.cat([self.visual_query.weight.unsqueeze(0).expand(len(c), -1, -1), c], 1)
+        for b in self.visual_blocks:
+            z = b(z)
+        return self.visual_proj_norm(self.visual_proj(z[:, : self.ql]))
+
+
+# ---- schedule helper ------------------------------------------------------------------------
+
+
+class Budget:
+    """Warmup + cosine fitted to a wall-clock budget (steps estimated after `probe` steps)."""
+
+    def __init__(self, opts, lrs, minutes, warm=30, probe=15):
+        self.opts, self.lrs, self.sec, self.warm, self.probe = opts, lrs, minutes * 60, warm, probe
+        self.t0, self.total, self.step = time.time(), None, 0
+
+    def next(self):
+        """Set lr for this step; returns False when done."""
+        s = self.step
+        if s == self.probe:
+            per = (time.time() - self.t0) / self.probe
+            self.total = max(self.probe + 10, int(self.sec / per))
+        if self.total is not None and s >= self.total:
+            return False
+        tot = self.total or 10 ** 9
+        f = (s + 1) / self.warm if s < self.warm else 0.5 * (1 + math.cos(math.pi * (s - self.warm) / max(1, tot - self.warm)))
+        for o, lr in zip(self.opts, self.lrs):
+            for g in o.param_groups:
+                g["lr"] = lr * max(f, 0.02)
+        self.step += 1
+        return True
+
+
+def adamw(params, wd):
+    dec = [p for p in params if p.dim() >= 2]
+    nod = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": dec, "weight_decay": wd}, {"params": nod, "weight_decay": 0.0}],
+                             betas=(0.9, 0.95))
+
+
+# ---- stages -----------------------------------------------------------------------------------
+
+
+def stage_lm(args, tok, out):
+    path = os.path.join(out, "stage1_lm.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    torch.manual_seed(0)
+    rng = random.Random(1)
+    lm = LLaMA(len(tok.ids), LLAMA)
+    opt = adamw(list(lm.parameters()), 0.05)
+    bud = Budget([opt], [3e-3], args.lm_min)
+    t0, ema = time.time(), None
+    while bud.next():
+        ids, m = collate([example_ids(tok, *D.lm_example(rng)) for _ in range(args.lm_bs)])
+        loss = lm.loss(ids, m)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if bud.step % 100 == 0:
+            log(f"[lm] step {bud.step}/{bud.total} loss {ema:.4f}")
+    st = {"sd": lm.state_dict(), "wall_s": time.time() - t0, "steps": bud.step, "final_loss": ema}
+    torch.save(st, path)
+    log(f"[lm] done {st['steps']} steps, {st['wall_s']:.0f}s, loss {ema:.4f}")
+    return st
+
+
+def stage_pool(args, out):
+    path = os.path.join(out, "pool.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    t0 = time.time()
+    rng = random.Random(12345)  # training seed; the held-out split uses other seeds (eval.py)
+    imgs = np.zeros((args.pool, 224, 224, 3), np.uint8)
+    scenes = []
+    for i in range(args.pool):
+        sc = D.sample_scene(rng)
+        im = D.render_pil(sc, rng)
+        x = D.clip_preprocess(im)  # normalised CHW; store the resized/cropped uint8 instead
+        imgs[i] = np.clip(np.round((x.transpose(1, 2, 0) * D.CLIP_STD + D.CLIP_MEAN) * 255), 0, 255).astype(np.uint8)
+        scenes.append(sc)
+    st = {"imgs": torch.from_numpy(imgs), "scenes": scenes, "wall_s": time.time() - t0}
+    torch.save(st, path)
+    log(f"[pool] {args.pool} images in {st['wall_s']:.0f}s")
+    return st
+
+
+MEAN = torch.tensor(D.CLIP_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(D.CLIP_STD).view(1, 3, 1, 1)
+
+
+def to_input(u8):  # [B,224,224,3] uint8 -> normalised [B,3,224,224]
+    return (u8.permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+
+
+def stage_clip(args, tok, pool, out):
+    path = os.path.join(out, "stage2_clip.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    torch.manual_seed(2)
+    rng = random.Random(3)
+    vit, txt = ViT(CLIP), TextTower(len(tok.ids), CLIP)
+    scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    params = list(vit.parameters()) + list(txt.parameters()) + [scale]
+    opt = adamw(params, 0.1)
+    bud = Budget([opt], [1e-3], args.clip_min)
+    caps = [D.caption(s) for s in pool["scenes"]]
+    N = len(caps)
+    t0, ema = time.time(), None
+    while bud.next():
+        idx = rng.sample(range(N), args.clip_bs)
+        x = to_input(pool["imgs"][idx])
+        if rng.random() < 0.5:  # brightness / contrast jitter (channel-wise) for shade robustness
+            x = x * (1 + 0.1 * torch.randn(len(idx), 3, 1, 1)) + 0.1 * torch.randn(len(idx), 3, 1, 1)
+        tids = [tok.c(tok.enc(caps[i]) + [EOS]) for i in idx]
+        lens = torch.tensor([len(t) for t in tids])
+        ids = torch.zeros(len(idx), int(lens.max()), dtype=torch.long)
+        for i, t in enumerate(tids):
+            ids[i, : len(t)] = torch.tensor(t)
+        fi = F.normalize(vit(x)[:, 0], dim=-1)
+        ft = F.normalize(txt(ids, lens), dim=-1)
+        lg = scale.exp().clamp(max=100) * fi @ ft.t()
+        same = torch.tensor([[caps[i] == caps[j] for j in idx] for i in idx], dtype=torch.float32)
+        tgt = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (torch.sum(-tgt * F.log_softmax(lg, 1), 1).mean() + torch.sum(-tgt * F.log_softmax(lg.t(), 1), 1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.97 * ema + 0.03 * loss.item()
+        if bud.step % 25 == 0:
+            acc = (lg.argmax(1) == torch.arange(len(idx))).float().mean().item()
+            log(f"[clip] step {bud.step}/{bud.total} loss {ema:.4f} batch i2t top1 {acc:.2f}")
+    st = {"sd": vit.state_dict(), "wall_s": time.time() - t0, "steps": bud.step, "final_loss": ema}
+    torch.save(st, path)
+    log(f"[clip] done {st['steps']} steps, {st['wall_s']:.0f}s, loss {ema:.4f}")
+    return st
+
+
+@torch.no_grad()
+def clip_feats(vit, u8, bs=256):
+    return torch.cat([vit(to_input(u8[i:i + bs])) for i in range(0, len(u8), bs)]).half()
+
+
+def zero_image_feats(vit):  # text-only samples: all-zero [3,224,224] tensor, not normalised (spec 4)
+    with torch.no_grad():
+        return vit(torch.zeros(1, 3, 224, 224))
+
+
+IMG_KIND_W = {"caption": 0.34, "colour": 0.2, "count": 0.12, "presence": 0.12, "leftright": 0.22}
+
+
+def img_example(rng, scene):
+    qs = {k: (q, a) for k, q, a in D.questions(scene, rng)}
+    kinds = [k for k in IMG_KIND_W if k in qs]
+    k = rng.choices(kinds, [IMG_KIND_W[x] for x in kinds])[0]
+    return qs[k]
+
+
+def trainable_groups(lm, vis):
+    visual = list(vis.parameters()) + list(lm.vgate.parameters())
+    late = ([lm.prompts] + list(lm.gate.parameters()) + list(lm.B.parameters()) + list(lm.S.parameters())
+            + [p for n, p in lm.W.items() if n.endswith("_an") or n.endswith("_fn")] + [lm.norm])
+    return visual, late
+
+
+def build_adapter_model(tok, lm_sd):
+    lm = LLaMA(len(tok.ids), LLAMA, ADAPTER)
+    missing, unexpected = lm.load_state_dict(lm_sd, strict=False)
+    assert not unexpected
+    vis = Visual(CLIP["out"], LLAMA["dim"], ADAPTER)
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return lm, vis
+
+
+def stage_adapt(args, tok, lm_st, clip_st, pool, out):
+    path = os.path.join(out, "stage3_adapter.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    torch.manual_seed(4)
+    rng = random.Random(5)
+    vit = ViT(CLIP)
+    vit.load_state_dict(clip_st["sd"])
+    vit.eval()
+    t0 = time.time()
+    feats = clip_feats(vit, pool["imgs"])
+    f0 = zero_image_feats(vit)
+    log(f"[adapt] clip features {tuple(feats.shape)} in {time.time() - t0:.0f}s")
+    lm, vis = build_adapter_model(tok, lm_st["sd"])
+    g_vis, g_late = trainable_groups(lm, vis)
+    for p in g_vis + g_late:
+        p.requires_grad_(True)
+    assert not ({id(p) for p in g_vis} & {id(p) for p in g_late})
+    n_train = sum(p.numel() for p in g_vis + g_late)
+    opt_v, opt_l = adamw(g_vis, 0.02), adamw(g_late, 0.02)
+    bud = Budget([opt_v, opt_l], [args.lr_vis, args.lr_late], args.adapt_min, warm=50)
+    N = len(pool["scenes"])
+    t0, ema_i, ema_t = time.time(), None, None
+    while bud.next():
+        # image-text data -> visual branch + early visual gates only
+        idx = [rng.randrange(N) for _ in range(args.img_bs)]
+        ids, m = collate([example_ids(tok, D.format_prompt(q), a) for q, a in
+                          (img_example(rng, pool["scenes"][i]) for i in idx)])
+        vq = vis(feats[idx].float())
+        li = lm.loss(ids, m, vq)
+        gi = torch.autograd.grad(li, g_vis, allow_unused=True)
+        # instruction data (text-only, zero image) -> late prompts, gates, biases, scales, norms
+        ids, m = collate([example_ids(tok, D.format_prompt(q), a) for _, q, a in
+                          (D.text_task(rng) for _ in range(args.txt_bs))])
+        with torch.no_grad():
+            vq0 = vis(f0).expand(args.txt_bs, -1, -1)
+        lt = lm.loss(ids, m, vq0)
+        gl = torch.autograd.grad(lt, g_late, allow_unused=True)
+        for ps, gs, o in ((g_vis, gi, opt_v), (g_late, gl, opt_l)):
+            for p, g in zip(ps, gs):
+                p.grad = g
+            torch.nn.utils.clip_grad_norm_(ps, 1.0)
+            o.step()
+            o.zero_grad(set_to_none=True)
+        ema_i = li.item() if ema_i is None else 0.98 * ema_i + 0.02 * li.item()
+        ema_t = lt.item() if ema_t is None else 0.98 * ema_t + 0.02 * lt.item()
+        if bud.step % 50 == 0:
+            log(f"[adapt] step {bud.step}/{bud.total} img loss {ema_i:.4f} txt loss {ema_t:.4f}")
+        if bud.step % 500 == 0:
+            torch.save({"lm": lm.state_dict(), "vis": vis.state_dict(), "partial": True}, path + ".partial")
+    n_vis = sum(p.numel() for p in g_vis)
+    n_late = sum(p.numel() for p in g_late)
+    st = {"lm": lm.state_dict(), "vis": vis.state_dict(), "wall_s": time.time() - t0, "steps": bud.step,
+          "img_loss": ema_i, "txt_loss": ema_t, "n_vis": n_vis, "n_late": n_late, "n_train": n_train}
+    torch.save(st, path)
+    log(f"[adapt] done {st['steps']} steps, {st['wall_s']:.0f}s, img {ema_i:.4f} txt {ema_t:.4f}")
+    return st
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+
+def export(tok, lm_st, clip_st, ad_st, dst):
+    os.makedirs(os.path.join(dst, "llama"), exist_ok=True)
+    lm = LLaMA(len(tok.ids), LLAMA, ADAPTER)
+    lm.load_state_dict(ad_st["lm"])
+    vis = Visual(CLIP["out"], LLAMA["dim"], ADAPTER)
+    vis.load_state_dict(ad_st["vis"])
+    base = LLaMA(len(tok.ids), LLAMA)
+    base.load_state_dict(lm_st["sd"])  # frozen base: its norms go to the Meta file, adapted ones to the adapter
+    d = LLAMA["dim"]
+    gid = torch.tensor(tok.ids)
+    with torch.no_grad():
+        emb = base.tok.mean(0, keepdim=True).repeat(VOCAB, 1)
+        emb[gid] = base.tok
+        outw = base.unused.detach().view(1, d).repeat(VOCAB, 1)
+        outw[gid] = base.out
+    meta = {"tok_embeddings.weight": emb, "output.weight": outw, "norm.weight": base.norm}
+    for l in range(LLAMA["n_layers"]):
+        for n in LLaMA.LIN:
+            grp = "attention" if n.startswith("w") and n in ("wq", "wk", "wv", "wo") else "feed_forward"
+            meta[f"layers.{l}.{grp}.{n}.weight"] = base.W[f"{l}_{n}"]
+        meta[f"layers.{l}.attention_norm.weight"] = base.W[f"{l}_an"]
+        meta[f"layers.{l}.ffn_norm.weight"] = base.W[f"{l}_fn"]
+    hd = d // LLAMA["n_heads"]
+    meta["rope.freqs"] = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+    meta = {k: v.detach().clone().half() for k, v in meta.items()}
+    torch.save(meta, os.path.join(dst, "llama", "consolidated.00.pth"))
+    with open(os.path.join(dst, "llama", "params.json"), "w") as f:
+        json.dump(LLAMA, f)
+    shutil.copy(TOKENIZER, os.path.join(dst, "llama", "tokenizer.model"))
+    # CLIP (OpenAI layout, visual.* only): fp16 conv/linear/proj, fp32 LN + embeddings
+    vit = ViT(CLIP)
+    vit.load_state_dict(clip_st["sd"])
+    csd = {}
+    for k, v in vit.state_dict_openai().items():
+        keep32 = ".ln_" in "." + k or k.startswith("ln_") or k in ("class_embedding", "positional_embedding")
+        csd["visual." + k] = v.float() if keep32 else v.half()
+    csd["input_resolution"] = CLIP["res"]
+    torch.save(csd, os.path.join(dst, "clip.pth"))
+    # adapter
+    a = {}
+    for k, v in vis.state_dict().items():
+        k = k.replace("visual_blocks.", "visual_blocks.").replace(".fc1.", ".mlp.fc1.").replace(".fc2.", ".mlp.fc2.")
+        k = k.replace(".qkv.", ".attn.qkv.").replace(".proj.", ".attn.proj.") if k.startswith("visual_blocks.") else k
+        a[k] = v
+    a["adapter_query.weight"] = lm.prompts
+    for l in range(LLAMA["n_layers"]):
+        p = f"llama.layers.{l}."
+        a[p + "attention.gate"] = lm.gate[str(l)]
+        if l < ADAPTER["early_layers"]:
+            a[p + "attention.visual_gate"] = lm.vgate[str(l)]
+        for n in LLaMA.BIAS:
+            grp = "attention" if n in ("wq", "wo") else "feed_forward"
+            a[p + f"{grp}.{n}.bias"] = lm.B[f"{l}_{n}"]
+        for n in LLaMA.LIN:
+            grp = "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward"
+            a[p + f"{grp}.{n}.scale"] = lm.S[f"{l}_{n}"]
+        a[p + "attention_norm.weight"] = lm.W[f"{l}_an"]
+        a[p + "ffn_norm.weight"] = lm.W[f"{l}_fn"]
+    a["llama.norm.weight"] = lm.norm
+    a = {k: v.detach().clone().float() for k, v in a.items()}
+    torch.save({"model": a, "config": dict(ADAPTER)}, os.path.join(dst, "adapter.pth"))
+    sizes = {f: os.path.getsize(os.path.join(dst, f)) for f in ("llama/consolidated.00.pth", "clip.pth", "adapter.pth")}
+    log(f"[export] {dst}: {sizes}")
+    return sizes
+
+
+def parity_check(dst, tok, ad_st, clip_st, n=3):
+    """Greedy answers of the training module vs tools/reference/model.py on the exported files."""
+    params, llama_sd = ref.load_llama(os.path.join(dst, "llama"))
+    vis_sd = ref.load_clip(os.path.join(dst, "clip.pth"))
+    asd, acfg = ref.load_adapter(os.path.join(dst, "adapter.pth"))
+    cfg = ref.AdapterConfig.build(params, acfg)
+    rng = random.Random(777)
+    res = []
+    for i in range(n):
+        sc = D.sample_scene(rng)
+        x = torch.from_numpy(D.clip_preprocess(D.render_pil(sc, rng)))[None]
+        vq = ref.forward_visual(asd, cfg, ref.clip_encode_image(vis_sd, x))
+        dec = ref.Decoder(cfg, llama_sd, asd, vq)
+        p = [BOS] + tok.enc(D.format_prompt("Describe this image."))
+        gen, _, _ = ref.greedy_generate(dec, p, 40)
+        res.append((D.caption(sc), tok.sp.decode(gen)))
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"))
+    ap.add_argument("--dst", default=os.path.join(REPO, "www", "models", "default", "src"))
+    ap.add_argument("--lm-min", type=float, default=5)
+    ap.add_argument("--clip-min", type=float, default=9)
+    ap.add_argument("--adapt-min", type=float, default=12)
+    ap.add_argument("--pool", type=int, default=16000)
+    ap.add_argument("--lm-bs", type=int, default=48)
+    ap.add_argument("--clip-bs", type=int, default=128)
+    ap.add_argument("--img-bs", type=int, default=40)
+    ap.add_argument("--txt-bs", type=int, default=12)
+    ap.add_argument("--lr-vis", type=float, default=1.5e-3)
+    ap.add_argument("--lr-late", type=float, default=2e-3)
+    ap.add_argument("--stop-after", default="")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    T0 = time.time()
+    vpath = os.path.join(args.out, "vocab.json")
+    if os.path.exists(vpath):
+        tok = Tok(json.load(open(vpath)))
+    else:
+        tok = Tok()
+        json.dump(tok.ids, open(vpath, "w"))
+    log(f"compact vocab {len(tok.ids)} ids")
+    lm_st = stage_lm(args, tok, args.out)
+    if args.stop_after == "lm":
+        return
+    pool = stage_pool(args, args.out)
+    clip_st = stage_clip(args, tok, pool, args.out)
+    if args.stop_after == "clip":
+        return
+    ad_st = stage_adapt(args, tok, lm_st, clip_st, pool, args.out)
+    sizes = export(tok, lm_st, clip_st, ad_st, args.dst)
+    n_base = sum(v.numel() for k, v in torch.load(os.path.join(args.dst, "llama", "consolidated.00.pth")).items() if k != "rope.freqs")
+    n_clip = sum(v.numel() for v in torch.load(os.path.join(args.dst, "clip.pth")).values() if torch.is_tensor(v))
+    n_adapter = sum(v.numel() for v in torch.load(os.path.join(args.dst, "adapter.pth"))["model"].values())
+    total = n_base + n_clip + n_adapter
+    summary = {
+        "wall_s": {"lm": lm_st["wall_s"], "pool": pool["wall_s"], "clip": clip_st["wall_s"], "adapt": ad_st["wall_s"],
+                   "this_invocation": time.time() - T0},
+        "steps": {"lm": lm_st["steps"], "clip": clip_st["steps"], "adapt": ad_st["steps"]},
+        "final_loss": {"lm": lm_st["final_loss"], "clip": clip_st["final_loss"], "adapt_img": ad_st["img_loss"],
+                       "adapt_txt": ad_st["txt_loss"]},
+        "params": {"llama_file": n_base, "clip_file": n_clip, "adapter_file": n_adapter, "total": total,
+                   "trainable_stage4": ad_st["n_train"], "trainable_visual_group": ad_st["n_vis"],
+                   "trainable_instruction_group": ad_st["n_late"],
+                   "trainable_share": ad_st["n_train"] / total},
+        "file_bytes": sizes, "llama": LLAMA, "clip": CLIP, "adapter": ADAPTER, "compact_vocab": len(tok.ids),
+    }
+    summary["parity_examples"] = parity_check(args.dst, tok, ad_st, clip_st)
+    json.dump(summary, open(os.path.join(args.out, "summary.json"), "w"), indent=1)
+    log(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
