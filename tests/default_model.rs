@@ -1,0 +1,43 @@
+//! The shipped default model (www/models/default): its packages verify and
+//! load, and the engine gives the PyTorch model's own answers
+//! (questions.json `torch_answer`) on the text-only questions, where q8
+//! storage agreed on every one in the full evaluation (README).
+
+mod common;
+
+use std::path::Path;
+use std::rc::Rc;
+
+use common::gpu_shared;
+use llama_adapter_web::model::generate::GenerateOptions;
+use llama_adapter_web::model::Model;
+use llama_adapter_web::text::prompt::format_prompt;
+
+const DIR: &str = "www/models/default";
+
+#[test]
+fn default_model_answers_like_pytorch() {
+    let model = Model::load_dirs(Rc::new(gpu_shared()), &Path::new(DIR).join("base"), &Path::new(DIR).join("adapter")).unwrap();
+    let size = model.config.clip.image_size;
+    let opts = GenerateOptions { max_new_tokens: 48, temperature: 0.0, ..Default::default() };
+
+    // A picture goes through preprocessing, vision and decoding.
+    let bytes = std::fs::read(Path::new(DIR).join("examples/shapes-1.png")).unwrap();
+    let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size as u32, model.config.adapter.channel_order).unwrap();
+    let prefixes = model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap();
+    let ids = model.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
+    let caption = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {}).unwrap();
+    assert!(caption.text.starts_with('A') && caption.text.ends_with('.'), "{:?}", caption.text);
+
+    // Text-only questions see the all-zero image.
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(DIR).join("eval/questions.json")).unwrap()).unwrap();
+    let zero = model.prepare_image(&model.encode_image(&vec![0.0; 3 * size * size]).unwrap()).unwrap();
+    let mut compared = 0;
+    for q in doc["text"].as_array().unwrap().iter().take(20) {
+        let ids = model.tokenizer.encode_prompt(&format_prompt(q["instruction"].as_str().unwrap(), None)).unwrap();
+        let got = model.generate_blocking(&zero, &ids, &opts, &mut |_, _| {}).unwrap();
+        assert_eq!(got.text.trim(), q["torch_answer"].as_str().unwrap().trim(), "{}", q["instruction"]);
+        compared += 1;
+    }
+    assert_eq!(compared, 20);
+}
