@@ -221,7 +221,8 @@ impl GpuContext {
         limits.max_buffer_size = offered_limits.max_buffer_size.min(4 * GIB);
         limits.max_storage_buffers_per_shader_stage = offered_limits.max_storage_buffers_per_shader_stage.min(10);
         limits.max_compute_workgroup_storage_size = offered_limits.max_compute_workgroup_storage_size.min(32768);
-        limits.max_compute_invocations_per_workgroup = offered_limits.max_compute_invocations_per_workgroup.min(256).max(256);
+        // max_compute_invocations_per_workgroup stays at the default 256: the
+        // portable kernels use no more (browsers allow no more).
 
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {

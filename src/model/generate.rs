@@ -83,7 +83,8 @@ impl Model {
         if prompt_ids.len() + opts.max_new_tokens > context {
             return Err(ModelError::ContextOverflow { prompt: prompt_ids.len(), new: opts.max_new_tokens, context });
         }
-        if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) || !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+        let valid = opts.temperature >= 0.0 && opts.temperature.is_finite() && opts.top_p > 0.0 && opts.top_p <= 1.0;
+        if !valid {
             return Err(ModelError::BadInput(format!("temperature {} must be ≥ 0 and top_p {} in (0, 1]", opts.temperature, opts.top_p)));
         }
         let mut rng = Rng::new(opts.seed);
