@@ -13,7 +13,7 @@ Stages (each saves a checkpoint under --out and is skipped when its checkpoint e
   5. export: official layouts to www/models/default/src/ (llama/, clip.pth, adapter.pth)
 
 Budgets per stage are wall-clock minutes (cosine schedules are fitted to the budget after
-timing the first steps). One thread (torch.set_num_threads(1)).
+timing the first steps). One thread (torch.set_num_threads(1)) unless TRAIN_THREADS says otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "1")))  # 1 by default: the machine is shared
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
