@@ -171,7 +171,7 @@ impl Model {
         })
     }
 
-    /// Dispatches of `y[y_offset..] (+)= linear(x rows)` for `m` rows of x.
+    /// Dispatches of `y (+)= linear(x rows)` for `m` rows of x, y from element 0.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear(
         &self,
@@ -186,6 +186,8 @@ impl Model {
         self.linear_at(l, x, x_offset, m, y, 0, y_width, accumulate)
     }
 
+    /// Dispatches of `y[y_offset..] (+)= linear(x rows)`: y row t starts at
+    /// element `y_offset + t·y_width` (the KV cache rows of a position, say).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_at(
         &self,
