@@ -210,6 +210,8 @@ def clip_preprocess(img: Image.Image, res: int = 224) -> np.ndarray:
 
 
 def _item(o, article="a"):
+    if article == "a" and o["colour"][0] in "aeiou":
+        article = "an"
     return f"{article} {o['colour']} {o['shape']}"
 
 
@@ -217,6 +219,60 @@ def caption(scene: dict) -> str:
     its = [_item(o) for o in scene["objects"]]
     s = its[0] if len(its) == 1 else ", ".join(its[:-1]) + " and " + its[-1]
     return s[0].upper() + s[1:] + "."
+
+
+def _join(items):
+    s = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return s[0].upper() + s[1:] + "."
+
+
+def caption_view(scene: dict, view: str) -> str:
+    """One of several texts that describe a scene, for contrastive pre-training (like the varied
+    alt-texts CLIP learns from). Views that leave out the colours make the shapes themselves
+    matter; views that leave out the shapes make the colours matter.
+      full    : the caption ("A red circle and a blue triangle.")
+      shapes  : "A circle and a triangle."          colours : "A red shape and a blue shape."
+      count   : "Two shapes."                       one     : "A blue triangle." (the first shape)"""
+    objs = scene["objects"]
+    if view == "full":
+        return caption(scene)
+    if view == "shapes":
+        return _join([("an " if o["shape"][0] in "aeiou" else "a ") + o["shape"] for o in objs])
+    if view == "colours":
+        return _join([("an " if o["colour"][0] in "aeiou" else "a ") + o["colour"] + " shape" for o in objs])
+    if view == "count":
+        n = len(objs)
+        return f"{NUM_WORDS[n]} shape{'' if n == 1 else 's'}."
+    if view == "one":
+        return _join([_item(objs[0])])
+    raise ValueError(view)
+
+
+VIEWS = ["full", "shapes", "colours", "count", "one"]
+VIEW_W = [0.4, 0.25, 0.15, 0.1, 0.1]
+
+
+def hard_negative(scene: dict, rng: random.Random) -> dict:
+    """A scene that differs from `scene` in one detail (a colour, a shape type, one shape more or
+    less, or the order of two neighbours): its caption is a hard negative for contrastive training."""
+    objs = [dict(o) for o in scene["objects"]]
+    kinds = ["colour", "shape"] + (["drop", "swap"] if len(objs) > 1 else []) + (["add"] if len(objs) < 4 else [])
+    kind = rng.choice(kinds)
+    i = rng.randrange(len(objs))
+    if kind == "colour":
+        objs[i]["colour"] = rng.choice([c for c in COLOURS if c != objs[i]["colour"]])
+    elif kind == "shape":
+        objs[i]["shape"] = rng.choice([t for t in SHAPES if t not in {o["shape"] for o in objs}])
+    elif kind == "drop":
+        objs.pop(i)
+    elif kind == "swap":
+        j = i + 1 if i + 1 < len(objs) else i - 1
+        objs[i], objs[j] = objs[j], objs[i]
+    else:
+        new = dict(shape=rng.choice([t for t in SHAPES if t not in {o["shape"] for o in objs}]),
+                   colour=rng.choice(COLOURS))
+        objs.insert(rng.randrange(len(objs) + 1), new)
+    return {"objects": objs}
 
 
 def questions(scene: dict, rng: random.Random, all_kinds: bool = False):
@@ -282,20 +338,24 @@ def text_task(rng: random.Random, kinds=None):
     return "repeat", f"Repeat the word {w}.", w.capitalize() + "."
 
 
+def scene_text(sc: dict, rng: random.Random) -> str:
+    """A plain description of a scene: caption, count, each shape's colour, left/right pairs."""
+    objs = sc["objects"]
+    parts = [caption(sc)]
+    parts.append(f"There {'is' if len(objs) == 1 else 'are'} {NUM_WORDS[len(objs)].lower()} "
+                 f"shape{'' if len(objs) == 1 else 's'}.")
+    for o in rng.sample(objs, len(objs)):
+        parts.append(f"The {o['shape']} is {o['colour']}.")
+    for a, b in zip(objs, objs[1:]):
+        parts.append(f"The {a['colour']} {a['shape']} is left of the {b['colour']} {b['shape']}.")
+    return " ".join(parts)
+
+
 def plain_sentence(rng: random.Random) -> str:
     """Plain-text LM corpus sentences (world knowledge, no template)."""
     k = rng.random()
     if k < 0.35:
-        sc = sample_scene(rng)
-        objs = sc["objects"]
-        parts = [caption(sc)]
-        parts.append(f"There {'is' if len(objs) == 1 else 'are'} {NUM_WORDS[len(objs)].lower()} "
-                     f"shape{'' if len(objs) == 1 else 's'}.")
-        for o in rng.sample(objs, len(objs)):
-            parts.append(f"The {o['shape']} is {o['colour']}.")
-        for a, b in zip(objs, objs[1:]):
-            parts.append(f"The {a['colour']} {a['shape']} is left of the {b['colour']} {b['shape']}.")
-        return " ".join(parts)
+        return scene_text(sample_scene(rng), rng)
     kind, q, a = text_task(rng)
     a = a[:-1]
     if kind == "plus":
@@ -311,16 +371,29 @@ def plain_sentence(rng: random.Random) -> str:
     return f"The word {a.lower()}. {a}."
 
 
+ORDINALS = ["first", "second", "third", "fourth"]
+MEMORY = 0.8  # share of LM-corpus image questions that come with the scene as a prefix memory
+
+
+def memory_words(scene: dict):
+    """The scene as prefix-memory slots for LM pre-training: one slot per shape, left to right,
+    each the words (colour, shape, ordinal) whose token embeddings are summed into one vector."""
+    return [(o["colour"], o["shape"], ORDINALS[i]) for i, o in enumerate(scene["objects"])]
+
+
 def lm_example(rng: random.Random):
-    """One LM pre-training document: (prompt_text_or_None, response_or_text).
-    Mix: plain sentences; templated image questions with answers from a random (unseen)
-    scene (teaches answer formats/priors); templated text tasks for plus/opposite/plural only
-    (minus/day/repeat are left for instruction tuning to transfer from plain text)."""
+    """One LM pre-training document: (prompt_text_or_None, response_or_text, scene_or_None).
+    Mix: plain sentences; templated image questions, most of them with their scene given as a
+    prefix memory (see train.py: the LM learns to read an unpositioned gated prefix in its first
+    layers, the path the visual prefix takes later), the rest without (format and prior);
+    templated text tasks for plus/opposite/plural only (minus/day/repeat are left for instruction
+    tuning to transfer from plain text)."""
     k = rng.random()
-    if k < 0.4:
-        return None, plain_sentence(rng)
-    if k < 0.75:
-        kind, q, a = rng.choice(questions(sample_scene(rng), rng))
-        return format_prompt(q), " " + a
+    if k < 0.25:
+        return None, plain_sentence(rng), None
+    if k < 0.85:  # reading the memory is the slowest skill to learn, so it gets most documents
+        sc = sample_scene(rng)
+        kind, q, a = rng.choice(questions(sc, rng))
+        return format_prompt(q), " " + a, (sc if rng.random() < MEMORY else None)
     kind, q, a = text_task(rng, ["plus", "opposite", "plural"])
-    return format_prompt(q), " " + a
+    return format_prompt(q), " " + a, None

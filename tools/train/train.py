@@ -43,11 +43,12 @@ import model as ref  # noqa: E402  (rope / rms_norm reused from the fp32 referen
 
 TOKENIZER = os.path.join(REPO, "tests", "fixtures", "llama-tokenizer.model")
 VOCAB = 32000
+MEM_SLOTS = 10  # prefix-memory slots in LM pre-training = the adapter's visual tokens (query_len)
 BOS, EOS = 1, 2
 
 # ---- sizes ---------------------------------------------------------------------------------
 LLAMA = dict(dim=96, multiple_of=32, n_heads=4, n_layers=6, norm_eps=1e-05, vocab_size=-1)
-CLIP = dict(width=128, layers=4, patch=32, res=224, out=128, text_width=128, text_layers=2)
+CLIP = dict(width=128, layers=3, patch=16, res=224, out=128, text_width=128, text_layers=2)
 ADAPTER = dict(w_bias=True, w_lora=False, lora_rank=16, fusion="early_prefix", early_layers=3, w_scale=True,
                query_len=10, query_layer=3, v_embed_dim=128, v_depth=2, v_num_heads=4, v_mlp_ratio=4.0,
                channel_order="rgb")
@@ -71,13 +72,15 @@ class Tok:
             rng = random.Random(99)
             s = {BOS, EOS}
             for _ in range(40000):
-                p, r = D.lm_example(rng)
+                p, r, _ = D.lm_example(rng)
                 s.update(self.enc(p or "") + self.enc(r))
                 sc = D.sample_scene(rng)
                 for _, q, a in D.questions(sc, rng, all_kinds=rng.random() < 0.5):
                     s.update(self.enc(D.format_prompt(q)) + self.enc(a))
                 _, q, a = D.text_task(rng)
                 s.update(self.enc(D.format_prompt(q)) + self.enc(a))
+            for w in D.COLOURS + D.SHAPES + D.ORDINALS:  # prefix-memory words
+                s.update(self.enc(w))
             ids = sorted(s)
         self.ids = list(ids)
         self.g2c = {g: i for i, g in enumerate(self.ids)}
@@ -157,7 +160,26 @@ class LLaMA(nn.Module):
                 y = y * self.S[f"{l}_{n}"]
         return y
 
-    def hidden(self, ids, vq=None):
+    def memory(self, tok, scenes):
+        """[B, MEM_SLOTS, d] prefix memory for LM pre-training: slot i of a scene is the sum of the
+        token embeddings of its i-th shape's (colour, shape, ordinal) words; empty slots are zero
+        (a zero key and value: it adds nothing but a share of the softmax)."""
+        rows, slot_of = [], []
+        for b, sc in enumerate(scenes):
+            for i, words in enumerate(D.memory_words(sc) if sc is not None else []):
+                for w in words:
+                    for c in tok.c(tok.enc(w)):
+                        rows.append(c)
+                        slot_of.append(b * MEM_SLOTS + i)
+        mem = torch.zeros(len(scenes) * MEM_SLOTS, self.d)
+        if rows:
+            mem = mem.index_add(0, torch.tensor(slot_of), self.tok[torch.tensor(rows)])
+        return mem.view(len(scenes), MEM_SLOTS, self.d)
+
+    def hidden(self, ids, vq=None, mem=None):
+        """vq: visual prefix of the adapter (gated by tanh(visual_gate)) in the early layers.
+        mem: LM pre-training only (no adapter): a prefix memory read through the same attention
+        path in the same layers, with a fixed weight of 1."""
         B, T = ids.shape
         H, hd = self.H, self.hd
         h = self.tok[ids]
@@ -171,7 +193,9 @@ class LLaMA(nn.Module):
             v = self.lin(x, l, "wv", bias=False).view(B, T, H, hd).transpose(1, 2)
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             A = g = None
-            if a is not None and l < a["early_layers"] and vq is not None:
+            if a is None and mem is not None and l < ADAPTER["early_layers"]:
+                A, g = mem, None
+            elif a is not None and l < a["early_layers"] and vq is not None:
                 A, g = vq, self.vgate[str(l)]
             elif a is not None and l >= first_late:
                 ql = a["query_len"]
@@ -182,7 +206,7 @@ class LLaMA(nn.Module):
                 ka = self.lin(A, l, "wk", bias=False).view(B, La, H, hd).transpose(1, 2)
                 va = self.lin(A, l, "wv", bias=False).view(B, La, H, hd).transpose(1, 2)
                 p = torch.softmax(q @ ka.transpose(-1, -2) / math.sqrt(hd), dim=-1)
-                o = o + torch.tanh(g) * (p @ va)
+                o = o + (p @ va if g is None else torch.tanh(g) * (p @ va))
             h = h + self.lin(o.transpose(1, 2).reshape(B, T, -1), l, "wo")
             x = ref.rms_norm(h, self.W[f"{l}_fn"], self.eps)
             h = h + self.lin(F.silu(self.lin(x, l, "w1")) * self.lin(x, l, "w3"), l, "w2")
@@ -194,8 +218,8 @@ class LLaMA(nn.Module):
         lu = hs @ self.unused + math.log(self.n_unused)
         return torch.cat([hs @ self.out.t(), lu[:, None]], dim=1)
 
-    def loss(self, ids, mask, vq=None):
-        hs = self.hidden(ids[:, :-1], vq)
+    def loss(self, ids, mask, vq=None, mem=None):
+        hs = self.hidden(ids[:, :-1], vq, mem)
         sel = mask[:, 1:] > 0
         return F.cross_entropy(self.logits(hs[sel]), ids[:, 1:][sel])
 
@@ -356,8 +380,9 @@ def stage_lm(args, tok, out):
     bud = Budget([opt], [3e-3], args.lm_min)
     t0, ema = time.time(), None
     while bud.next():
-        ids, m = collate([example_ids(tok, *D.lm_example(rng)) for _ in range(args.lm_bs)])
-        loss = lm.loss(ids, m)
+        docs = [D.lm_example(rng) for _ in range(args.lm_bs)]
+        ids, m = collate([example_ids(tok, p, r) for p, r, _ in docs])
+        loss = lm.loss(ids, m, mem=lm.memory(tok, [sc for _, _, sc in docs]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -410,32 +435,42 @@ def stage_clip(args, tok, pool, out):
     params = list(vit.parameters()) + list(txt.parameters()) + [scale]
     opt = adamw(params, 0.1)
     bud = Budget([opt], [1e-3], args.clip_min)
-    caps = [D.caption(s) for s in pool["scenes"]]
-    N = len(caps)
+    N = len(pool["scenes"])
     t0, ema = time.time(), None
     while bud.next():
         idx = rng.sample(range(N), args.clip_bs)
         x = to_input(pool["imgs"][idx])
         if rng.random() < 0.5:  # brightness / contrast jitter (channel-wise) for shade robustness
             x = x * (1 + 0.1 * torch.randn(len(idx), 3, 1, 1)) + 0.1 * torch.randn(len(idx), 3, 1, 1)
-        tids = [tok.c(tok.enc(caps[i]) + [EOS]) for i in idx]
+        # texts: one description view per image (data.caption_view), then `clip_hard` hard
+        # negatives per image (the same view of the scene with one detail changed). A text is a
+        # positive for every image it truly describes.
+        views = [rng.choices(D.VIEWS, D.VIEW_W)[0] for _ in idx]
+        texts = [D.caption_view(pool["scenes"][i], v) for i, v in zip(idx, views)]
+        texts += [D.caption_view(D.hard_negative(pool["scenes"][i], rng), v)
+                  for i, v in zip(idx, views) for _ in range(args.clip_hard)]
+        tids = [tok.c(tok.enc(t) + [EOS]) for t in texts]
         lens = torch.tensor([len(t) for t in tids])
-        ids = torch.zeros(len(idx), int(lens.max()), dtype=torch.long)
+        ids = torch.zeros(len(texts), int(lens.max()), dtype=torch.long)
         for i, t in enumerate(tids):
             ids[i, : len(t)] = torch.tensor(t)
+        B = len(idx)
         fi = F.normalize(vit(x)[:, 0], dim=-1)
         ft = F.normalize(txt(ids, lens), dim=-1)
-        lg = scale.exp().clamp(max=100) * fi @ ft.t()
-        same = torch.tensor([[caps[i] == caps[j] for j in idx] for i in idx], dtype=torch.float32)
-        tgt = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (torch.sum(-tgt * F.log_softmax(lg, 1), 1).mean() + torch.sum(-tgt * F.log_softmax(lg.t(), 1), 1).mean())
+        lg = scale.exp().clamp(max=100) * fi @ ft.t()  # [B images, all texts]
+        true_texts = [{D.caption_view(pool["scenes"][i], v) for v in D.VIEWS} for i in idx]
+        same = torch.tensor([[t in tt for t in texts] for tt in true_texts], dtype=torch.float32)
+        i2t = torch.sum(-same / same.sum(1, keepdim=True) * F.log_softmax(lg, 1), 1).mean()
+        sq = same[:, :B]  # text -> image over the batch's own captions (symmetric CLIP term)
+        t2i = torch.sum(-sq / sq.sum(0, keepdim=True) * F.log_softmax(lg[:, :B], 0), 0).mean()
+        loss = 0.5 * (i2t + t2i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.97 * ema + 0.03 * loss.item()
         if bud.step % 25 == 0:
-            acc = (lg.argmax(1) == torch.arange(len(idx))).float().mean().item()
+            acc = same[torch.arange(B), lg.argmax(1)].mean().item()
             log(f"[clip] step {bud.step}/{bud.total} loss {ema:.4f} batch i2t top1 {acc:.2f}")
     st = {"sd": vit.state_dict(), "wall_s": time.time() - t0, "steps": bud.step, "final_loss": ema}
     torch.save(st, path)
@@ -499,8 +534,14 @@ def stage_adapt(args, tok, lm_st, clip_st, pool, out):
         p.requires_grad_(True)
     assert not ({id(p) for p in g_vis} & {id(p) for p in g_late})
     n_train = sum(p.numel() for p in g_vis + g_late)
-    opt_v, opt_l = adamw(g_vis, 0.02), adamw(g_late, 0.02)
-    bud = Budget([opt_v, opt_l], [args.lr_vis, args.lr_late], args.adapt_min, warm=50)
+    # the zero-initialised visual gates get a 10x learning rate: with only a few thousand steps
+    # they would otherwise stay near tanh(g) = 0, and the gradient reaching the visual branch
+    # is proportional to tanh(g)
+    vgates = list(lm.vgate.parameters())
+    opt_v = adamw([p for p in g_vis if all(p is not q for q in vgates)], 0.02)
+    opt_g = adamw(vgates, 0.0)
+    opt_l = adamw(g_late, 0.02)
+    bud = Budget([opt_v, opt_g, opt_l], [args.lr_vis, 10 * args.lr_vis, args.lr_late], args.adapt_min, warm=50)
     N = len(pool["scenes"])
     t0, ema_i, ema_t = time.time(), None, None
     while bud.next():
@@ -518,12 +559,13 @@ def stage_adapt(args, tok, lm_st, clip_st, pool, out):
             vq0 = vis(f0).expand(args.txt_bs, -1, -1)
         lt = lm.loss(ids, m, vq0)
         gl = torch.autograd.grad(lt, g_late, allow_unused=True)
-        for ps, gs, o in ((g_vis, gi, opt_v), (g_late, gl, opt_l)):
+        for ps, gs, opts in ((g_vis, gi, (opt_v, opt_g)), (g_late, gl, (opt_l,))):
             for p, g in zip(ps, gs):
                 p.grad = g
             torch.nn.utils.clip_grad_norm_(ps, 1.0)
-            o.step()
-            o.zero_grad(set_to_none=True)
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
         ema_i = li.item() if ema_i is None else 0.98 * ema_i + 0.02 * li.item()
         ema_t = lt.item() if ema_t is None else 0.98 * ema_t + 0.02 * lt.item()
         if bud.step % 50 == 0:
@@ -631,17 +673,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"))
     ap.add_argument("--dst", default=os.path.join(REPO, "www", "models", "default", "src"))
-    ap.add_argument("--lm-min", type=float, default=5)
-    ap.add_argument("--clip-min", type=float, default=9)
-    ap.add_argument("--adapt-min", type=float, default=12)
+    ap.add_argument("--lm-min", type=float, default=30)
+    ap.add_argument("--clip-min", type=float, default=30)
+    ap.add_argument("--adapt-min", type=float, default=25)
     ap.add_argument("--pool", type=int, default=16000)
     ap.add_argument("--lm-bs", type=int, default=48)
-    ap.add_argument("--clip-bs", type=int, default=128)
+    ap.add_argument("--clip-bs", type=int, default=64)
+    ap.add_argument("--clip-hard", type=int, default=3)
     ap.add_argument("--img-bs", type=int, default=40)
     ap.add_argument("--txt-bs", type=int, default=12)
     ap.add_argument("--lr-vis", type=float, default=1.5e-3)
     ap.add_argument("--lr-late", type=float, default=2e-3)
-    ap.add_argument("--stop-after", default="")
+    ap.add_argument("--stop-after", default="", help="lm | clip: stop after that stage")
+    ap.add_argument("--only", default="", help="lm | clip: run only that stage (clip includes the pool); "
+                    "the two are independent, so on two cores they can run as two processes at once")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     T0 = time.time()
@@ -652,8 +697,11 @@ def main():
         tok = Tok()
         json.dump(tok.ids, open(vpath, "w"))
     log(f"compact vocab {len(tok.ids)} ids")
+    if args.only == "clip":
+        stage_clip(args, tok, stage_pool(args, args.out), args.out)
+        return
     lm_st = stage_lm(args, tok, args.out)
-    if args.stop_after == "lm":
+    if args.stop_after == "lm" or args.only == "lm":
         return
     pool = stage_pool(args, args.out)
     clip_st = stage_clip(args, tok, pool, args.out)
