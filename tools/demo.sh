@@ -2,9 +2,9 @@
 # The main job: set up, then answer an instruction about an example picture
 # with the embedded default model (www/models/default), on the GPU.
 #
-# The default model is a small demonstration trained here (tools/train); its
-# first training run does not yet see the pictures well (README, "Default
-# model"), so expect fluent but often wrong answers. Extra arguments go to
+# The default model is a small demonstration trained here (tools/train); it
+# reads colours and counts off the picture but not yet shape types (README, "Default
+# model"), so expect fluent, often wrong answers. Extra arguments go to
 # `generate`, e.g.: bash tools/demo.sh --prompt "How many shapes are there?"
 set -euo pipefail
 cd "$(dirname "$0")/.."
