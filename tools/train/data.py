@@ -209,21 +209,27 @@ def clip_preprocess(img: Image.Image, res: int = 224) -> np.ndarray:
 # ----------------------------------------------------------------------------- text
 
 
+def _a(word: str) -> str:
+    """'a word' or 'an word' by the first letter (the colour and shape names need nothing subtler)."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 def _item(o, article="a"):
-    if article == "a" and o["colour"][0] in "aeiou":
-        article = "an"
-    return f"{article} {o['colour']} {o['shape']}"
-
-
-def caption(scene: dict) -> str:
-    its = [_item(o) for o in scene["objects"]]
-    s = its[0] if len(its) == 1 else ", ".join(its[:-1]) + " and " + its[-1]
-    return s[0].upper() + s[1:] + "."
+    return _a(f"{o['colour']} {o['shape']}") if article == "a" else f"{article} {o['colour']} {o['shape']}"
 
 
 def _join(items):
+    """'A x, a y and a z.': the items listed, capitalised, with a full stop."""
     s = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
     return s[0].upper() + s[1:] + "."
+
+
+def _n_shapes(n: int) -> str:
+    return f"{NUM_WORDS[n].lower()} shape{'' if n == 1 else 's'}"
+
+
+def caption(scene: dict) -> str:
+    return _join([_item(o) for o in scene["objects"]])
 
 
 def caption_view(scene: dict, view: str) -> str:
@@ -237,12 +243,11 @@ def caption_view(scene: dict, view: str) -> str:
     if view == "full":
         return caption(scene)
     if view == "shapes":
-        return _join([("an " if o["shape"][0] in "aeiou" else "a ") + o["shape"] for o in objs])
+        return _join([_a(o["shape"]) for o in objs])
     if view == "colours":
-        return _join([("an " if o["colour"][0] in "aeiou" else "a ") + o["colour"] + " shape" for o in objs])
+        return _join([_a(o["colour"]) + " shape" for o in objs])
     if view == "count":
-        n = len(objs)
-        return f"{NUM_WORDS[n]} shape{'' if n == 1 else 's'}."
+        return _join([_n_shapes(len(objs))])
     if view == "one":
         return _join([_item(objs[0])])
     raise ValueError(view)
@@ -342,8 +347,7 @@ def scene_text(sc: dict, rng: random.Random) -> str:
     """A plain description of a scene: caption, count, each shape's colour, left/right pairs."""
     objs = sc["objects"]
     parts = [caption(sc)]
-    parts.append(f"There {'is' if len(objs) == 1 else 'are'} {NUM_WORDS[len(objs)].lower()} "
-                 f"shape{'' if len(objs) == 1 else 's'}.")
+    parts.append(f"There {'is' if len(objs) == 1 else 'are'} {_n_shapes(len(objs))}.")
     for o in rng.sample(objs, len(objs)):
         parts.append(f"The {o['shape']} is {o['colour']}.")
     for a, b in zip(objs, objs[1:]):
@@ -384,8 +388,8 @@ def memory_words(scene: dict):
 def lm_example(rng: random.Random):
     """One LM pre-training document: (prompt_text_or_None, response_or_text, scene_or_None).
     Mix: plain sentences; templated image questions, most of them with their scene given as a
-    prefix memory (see train.py: the LM learns to read an unpositioned gated prefix in its first
-    layers, the path the visual prefix takes later), the rest without (format and prior);
+    prefix memory (see train.py: the LM learns to read an unpositioned prefix in its first
+    layers, the path the gated visual prefix takes later), the rest without (format and prior);
     templated text tasks for plus/opposite/plural only (minus/day/repeat are left for instruction
     tuning to transfer from plain text)."""
     k = rng.random()

@@ -538,7 +538,8 @@ def stage_adapt(args, tok, lm_st, clip_st, pool, out):
     # they would otherwise stay near tanh(g) = 0, and the gradient reaching the visual branch
     # is proportional to tanh(g)
     vgates = list(lm.vgate.parameters())
-    opt_v = adamw([p for p in g_vis if all(p is not q for q in vgates)], 0.02)
+    gate_ids = {id(p) for p in vgates}
+    opt_v = adamw([p for p in g_vis if id(p) not in gate_ids], 0.02)
     opt_g = adamw(vgates, 0.0)
     opt_l = adamw(g_late, 0.02)
     bud = Budget([opt_v, opt_g, opt_l], [args.lr_vis, 10 * args.lr_vis, args.lr_late], args.adapt_min, warm=50)
