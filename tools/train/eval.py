@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -51,6 +52,8 @@ def main():
     vis_sd = ref.load_clip(os.path.join(args.src, "clip.pth"))
     asd, acfg = ref.load_adapter(os.path.join(args.src, "adapter.pth"))
     cfg = ref.AdapterConfig.build(params, acfg)
+    # input resolution = patch grid x patch size, as the converter derives it
+    res = math.isqrt(vis_sd["positional_embedding"].shape[0] - 1) * vis_sd["conv1.weight"].shape[-1]
     os.makedirs(args.eval_dir, exist_ok=True)
     t0 = time.time()
 
@@ -78,7 +81,7 @@ def main():
             else:
                 img = D.render_pil(sc, rng, noise=10)
             qs = D.questions(sc, rng, all_kinds=True)
-            x = torch.from_numpy(D.clip_preprocess(img))[None]
+            x = torch.from_numpy(D.clip_preprocess(img, res))[None]
             got = answer(x, [q for _, q, _ in qs])
             rec = {"split": split, "scene": sc, "questions": []}
             if save:
@@ -97,7 +100,7 @@ def main():
                 items.append(rec)
         print(f"{split} done {time.time() - t0:.0f}s", flush=True)
     rng = random.Random(31)
-    zero = torch.zeros(1, 3, 224, 224)  # text-only: all-zero image, not normalised (spec 4)
+    zero = torch.zeros(1, 3, res, res)  # text-only: all-zero image, not normalised (spec 4)
     tasks = [D.text_task(rng) for _ in range(args.n_text)]
     got = answer(zero, [q for _, q, _ in tasks])
     text_items = []

@@ -48,7 +48,7 @@ BOS, EOS = 1, 2
 
 # ---- sizes ---------------------------------------------------------------------------------
 LLAMA = dict(dim=96, multiple_of=32, n_heads=4, n_layers=6, norm_eps=1e-05, vocab_size=-1)
-CLIP = dict(width=128, layers=3, patch=16, res=224, out=128, text_width=128, text_layers=2)
+CLIP = dict(width=128, layers=3, patch=8, res=64, out=128, text_width=128, text_layers=2)
 ADAPTER = dict(w_bias=True, w_lora=False, lora_rank=16, fusion="early_prefix", early_layers=3, w_scale=True,
                query_len=10, query_layer=3, v_embed_dim=128, v_depth=2, v_num_heads=4, v_mlp_ratio=4.0,
                channel_order="rgb")
@@ -376,6 +376,11 @@ def stage_lm(args, tok, out):
     torch.manual_seed(0)
     rng = random.Random(1)
     lm = LLaMA(len(tok.ids), LLAMA)
+    prev = {"wall_s": 0.0, "steps": 0}
+    if args.lm_init:  # continue an earlier run's LM (same vocab): a fresh warm-up + cosine on top
+        prev = torch.load(args.lm_init, weights_only=False)
+        lm.load_state_dict(prev["sd"])
+        log(f"[lm] continuing {args.lm_init}: {prev['steps']} steps, {prev['wall_s']:.0f}s so far")
     opt = adamw(list(lm.parameters()), 0.05)
     bud = Budget([opt], [3e-3], args.lm_min)
     t0, ema = time.time(), None
@@ -390,7 +395,8 @@ def stage_lm(args, tok, out):
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if bud.step % 100 == 0:
             log(f"[lm] step {bud.step}/{bud.total} loss {ema:.4f}")
-    st = {"sd": lm.state_dict(), "wall_s": time.time() - t0, "steps": bud.step, "final_loss": ema}
+    st = {"sd": lm.state_dict(), "wall_s": prev["wall_s"] + time.time() - t0, "steps": prev["steps"] + bud.step,
+          "final_loss": ema}
     torch.save(st, path)
     log(f"[lm] done {st['steps']} steps, {st['wall_s']:.0f}s, loss {ema:.4f}")
     return st
@@ -402,12 +408,13 @@ def stage_pool(args, out):
         return torch.load(path, weights_only=False)
     t0 = time.time()
     rng = random.Random(12345)  # training seed; the held-out split uses other seeds (eval.py)
-    imgs = np.zeros((args.pool, 224, 224, 3), np.uint8)
+    R = CLIP["res"]
+    imgs = np.zeros((args.pool, R, R, 3), np.uint8)
     scenes = []
     for i in range(args.pool):
         sc = D.sample_scene(rng)
         im = D.render_pil(sc, rng)
-        x = D.clip_preprocess(im)  # normalised CHW; store the resized/cropped uint8 instead
+        x = D.clip_preprocess(im, R)  # normalised CHW; store the resized/cropped uint8 instead
         imgs[i] = np.clip(np.round((x.transpose(1, 2, 0) * D.CLIP_STD + D.CLIP_MEAN) * 255), 0, 255).astype(np.uint8)
         scenes.append(sc)
     st = {"imgs": torch.from_numpy(imgs), "scenes": scenes, "wall_s": time.time() - t0}
@@ -420,7 +427,7 @@ MEAN = torch.tensor(D.CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(D.CLIP_STD).view(1, 3, 1, 1)
 
 
-def to_input(u8):  # [B,224,224,3] uint8 -> normalised [B,3,224,224]
+def to_input(u8):  # [B,R,R,3] uint8 -> normalised [B,3,R,R]
     return (u8.permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
 
 
@@ -431,6 +438,7 @@ def stage_clip(args, tok, pool, out):
     torch.manual_seed(2)
     rng = random.Random(3)
     vit, txt = ViT(CLIP), TextTower(len(tok.ids), CLIP)
+    init_patch_embedding(vit, to_input(pool["imgs"][:2000]))
     scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = list(vit.parameters()) + list(txt.parameters()) + [scale]
     opt = adamw(params, 0.1)
@@ -479,13 +487,63 @@ def stage_clip(args, tok, pool, out):
 
 
 @torch.no_grad()
+def init_patch_embedding(vit, x):
+    """Start conv1 (the linear patch embedding) from the whitened principal components of image
+    patches instead of noise: in 4-minute supervised probes (shape-type presence, 64 px, patch 8)
+    the ViT reached 65.9 % instead of 62.9 % (always-no: 58.0 %). Rows beyond the patch
+    dimension keep a small random init."""
+    w = vit.conv1.weight
+    p = w.shape[-1]
+    patches = F.unfold(x, p, stride=p).transpose(1, 2).reshape(-1, w[0].numel())
+    patches = patches - patches.mean(0)
+    eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))  # ascending
+    k = min(w.shape[0], w[0].numel())
+    top = eigvec[:, -k:].flip(1) / (eigval[-k:].flip(0).clamp(min=0).sqrt() + 1e-2)
+    new = torch.randn(w.shape[0], w[0].numel()) * 0.02
+    new[:k] = top.T
+    w.copy_(new.view_as(w))
+
+
+@torch.no_grad()
+def clip_probe(clip_st, n=1500, n_train=1200):
+    """What the frozen CLIP features know, before stage 4 uses them: ridge probes on the CLS
+    feature of `n` fresh pictures (seed 555, half of them by the numpy renderer that training never
+    sees), fitted on `n_train` and scored on the rest. Chance: count 25 %, colour 17 %, type 17 %."""
+    vit = ViT(CLIP)
+    vit.load_state_dict(clip_st["sd"])
+    vit.eval()
+    rng = random.Random(555)
+    xs, scenes = [], []
+    for i in range(n):
+        sc = D.sample_scene(rng)
+        img = D.render_pil(sc, rng) if i % 2 else D.render_numpy(sc, rng, 224)
+        xs.append(D.clip_preprocess(img, CLIP["res"]))
+        scenes.append(sc)
+    x = torch.from_numpy(np.stack(xs))
+    feat = torch.cat([vit(x[i:i + 250])[:, 0] for i in range(0, n, 250)]).double()
+    feat = torch.cat([feat, torch.ones(n, 1, dtype=feat.dtype)], 1)
+    tr, te = slice(0, n_train), slice(n_train, n)
+
+    def probe(labels, k):
+        y = torch.tensor(labels)
+        onehot = F.one_hot(y, k).double()
+        w = torch.linalg.solve(feat[tr].T @ feat[tr] + torch.eye(feat.shape[1], dtype=feat.dtype),
+                               feat[tr].T @ onehot[tr])
+        return round(((feat[te] @ w).argmax(1) == y[te]).double().mean().item(), 3)
+
+    return {"count": probe([len(s["objects"]) - 1 for s in scenes], 4),
+            "colour_of_leftmost": probe([D.COLOURS.index(s["objects"][0]["colour"]) for s in scenes], 6),
+            "type_of_leftmost": probe([D.SHAPES.index(s["objects"][0]["shape"]) for s in scenes], 6)}
+
+
+@torch.no_grad()
 def clip_feats(vit, u8, bs=256):
     return torch.cat([vit(to_input(u8[i:i + bs])) for i in range(0, len(u8), bs)]).half()
 
 
-def zero_image_feats(vit):  # text-only samples: all-zero [3,224,224] tensor, not normalised (spec 4)
+def zero_image_feats(vit):  # text-only samples: all-zero [3,R,R] tensor, not normalised (spec 4)
     with torch.no_grad():
-        return vit(torch.zeros(1, 3, 224, 224))
+        return vit(torch.zeros(1, 3, CLIP["res"], CLIP["res"]))
 
 
 IMG_KIND_W = {"caption": 0.34, "colour": 0.2, "count": 0.12, "presence": 0.12, "leftright": 0.22}
@@ -661,7 +719,7 @@ def parity_check(dst, tok, ad_st, clip_st, n=3):
     res = []
     for i in range(n):
         sc = D.sample_scene(rng)
-        x = torch.from_numpy(D.clip_preprocess(D.render_pil(sc, rng)))[None]
+        x = torch.from_numpy(D.clip_preprocess(D.render_pil(sc, rng), CLIP["res"]))[None]
         vq = ref.forward_visual(asd, cfg, ref.clip_encode_image(vis_sd, x))
         dec = ref.Decoder(cfg, llama_sd, asd, vq)
         p = [BOS] + tok.enc(D.format_prompt("Describe this image."))
@@ -685,6 +743,8 @@ def main():
     ap.add_argument("--txt-bs", type=int, default=12)
     ap.add_argument("--lr-vis", type=float, default=1.5e-3)
     ap.add_argument("--lr-late", type=float, default=2e-3)
+    ap.add_argument("--lm-init", default="", help="a stage1_lm.pt to continue (its run's vocab.json must be "
+                    "copied into --out first); wall time and steps add up")
     ap.add_argument("--stop-after", default="", help="lm | clip: stop after that stage")
     ap.add_argument("--only", default="", help="lm | clip: run only that stage (clip includes the pool); "
                     "the two are independent, so on two cores they can run as two processes at once")
@@ -699,13 +759,16 @@ def main():
         json.dump(tok.ids, open(vpath, "w"))
     log(f"compact vocab {len(tok.ids)} ids")
     if args.only == "clip":
-        stage_clip(args, tok, stage_pool(args, args.out), args.out)
+        clip_st = stage_clip(args, tok, stage_pool(args, args.out), args.out)
+        log(f"[clip] ridge probes on the CLS feature, held-out pictures: {clip_probe(clip_st)}")
         return
     lm_st = stage_lm(args, tok, args.out)
     if args.stop_after == "lm" or args.only == "lm":
         return
     pool = stage_pool(args, args.out)
     clip_st = stage_clip(args, tok, pool, args.out)
+    probe = clip_probe(clip_st)
+    log(f"[clip] ridge probes on the CLS feature, held-out pictures: {probe}")
     if args.stop_after == "clip":
         return
     ad_st = stage_adapt(args, tok, lm_st, clip_st, pool, args.out)
@@ -724,7 +787,7 @@ def main():
                    "trainable_stage4": ad_st["n_train"], "trainable_visual_group": ad_st["n_vis"],
                    "trainable_instruction_group": ad_st["n_late"],
                    "trainable_share": ad_st["n_train"] / total},
-        "file_bytes": sizes, "llama": LLAMA, "clip": CLIP, "adapter": ADAPTER, "compact_vocab": len(tok.ids),
+        "clip_probe": probe, "file_bytes": sizes, "llama": LLAMA, "clip": CLIP, "adapter": ADAPTER, "compact_vocab": len(tok.ids),
     }
     summary["parity_examples"] = parity_check(args.dst, tok, ad_st, clip_st)
     json.dump(summary, open(os.path.join(args.out, "summary.json"), "w"), indent=1)
