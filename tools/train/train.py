@@ -440,6 +440,15 @@ def stage_clip(args, tok, pool, out):
     vit, txt = ViT(CLIP), TextTower(len(tok.ids), CLIP)
     init_patch_embedding(vit, to_input(pool["imgs"][:2000]))
     scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    prev = {"wall_s": 0.0, "steps": 0}
+    if args.clip_init:  # continue an earlier CLIP run (both towers and the temperature)
+        prev = torch.load(args.clip_init, weights_only=False)
+        if "txt" not in prev:
+            sys.exit(f"{args.clip_init} holds no text tower (saved before --clip-init existed): cannot continue it")
+        vit.load_state_dict(prev["sd"])
+        txt.load_state_dict(prev["txt"])
+        scale.data.fill_(prev["scale"])
+        log(f"[clip] continuing {args.clip_init}: {prev['steps']} steps, {prev['wall_s']:.0f}s so far")
     params = list(vit.parameters()) + list(txt.parameters()) + [scale]
     opt = adamw(params, 0.1)
     bud = Budget([opt], [1e-3], args.clip_min)
@@ -480,7 +489,8 @@ def stage_clip(args, tok, pool, out):
         if bud.step % 25 == 0:
             acc = same[torch.arange(B), lg.argmax(1)].mean().item()
             log(f"[clip] step {bud.step}/{bud.total} loss {ema:.4f} batch i2t top1 {acc:.2f}")
-    st = {"sd": vit.state_dict(), "wall_s": time.time() - t0, "steps": bud.step, "final_loss": ema}
+    st = {"sd": vit.state_dict(), "txt": txt.state_dict(), "scale": scale.item(),
+          "wall_s": prev["wall_s"] + time.time() - t0, "steps": prev["steps"] + bud.step, "final_loss": ema}
     torch.save(st, path)
     log(f"[clip] done {st['steps']} steps, {st['wall_s']:.0f}s, loss {ema:.4f}")
     return st
@@ -745,6 +755,8 @@ def main():
     ap.add_argument("--lr-late", type=float, default=2e-3)
     ap.add_argument("--lm-init", default="", help="a stage1_lm.pt to continue (its run's vocab.json must be "
                     "copied into --out first); wall time and steps add up")
+    ap.add_argument("--clip-init", default="", help="a stage2_clip.pt to continue (same pool settings); "
+                    "wall time and steps add up")
     ap.add_argument("--stop-after", default="", help="lm | clip: stop after that stage")
     ap.add_argument("--only", default="", help="lm | clip: run only that stage (clip includes the pool); "
                     "the two are independent, so on two cores they can run as two processes at once")
