@@ -3,8 +3,8 @@
 # with the embedded default model (www/models/default), on the GPU.
 #
 # The default model is a small demonstration trained here (tools/train); it
-# reads colours and counts off the picture but not yet shape types (README, "Default
-# model"), so expect fluent, often wrong answers. Extra arguments go to
+# counts the shapes and reads most colours but not yet shape types (README,
+# "Default model"), so expect fluent, often wrong captions. Extra arguments go to
 # `generate`, e.g.: bash tools/demo.sh --prompt "How many shapes are there?"
 set -euo pipefail
 cd "$(dirname "$0")/.."
