@@ -23,10 +23,13 @@ fn default_model_answers_like_pytorch() {
     let size = model.config.clip.image_size;
     let opts = GenerateOptions { max_new_tokens: 48, temperature: 0.0, ..Default::default() };
 
-    // A picture goes through preprocessing, vision and decoding.
-    let bytes = std::fs::read(Path::new(DIR).join("examples/shapes-1.png")).unwrap();
-    let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size as u32, model.config.adapter.channel_order).unwrap();
-    let prefixes = model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap();
+    // A picture goes through preprocessing, vision and the visual adapter.
+    let image_prefixes = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size as u32, model.config.adapter.channel_order).unwrap();
+        model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap()
+    };
+    let prefixes = image_prefixes(&Path::new(DIR).join("examples/shapes-1.png"));
     let ids = model.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
     let caption = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {}).unwrap();
     assert!(caption.text.starts_with('A') && caption.text.ends_with('.'), "{:?}", caption.text);
@@ -35,9 +38,7 @@ fn default_model_answers_like_pytorch() {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(DIR).join("eval/questions.json")).unwrap()).unwrap();
     let mut compared_image = 0;
     for item in doc["images"].as_array().unwrap().iter().take(3) {
-        let bytes = std::fs::read(Path::new(DIR).join("eval").join(item["image"].as_str().unwrap())).unwrap();
-        let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size as u32, model.config.adapter.channel_order).unwrap();
-        let prefixes = model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap();
+        let prefixes = image_prefixes(&Path::new(DIR).join("eval").join(item["image"].as_str().unwrap()));
         for q in item["questions"].as_array().unwrap() {
             let ids = model.tokenizer.encode_prompt(&format_prompt(q["instruction"].as_str().unwrap(), None)).unwrap();
             let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {}).unwrap();

@@ -438,10 +438,11 @@ def stage_clip(args, tok, pool, out):
     torch.manual_seed(2)
     rng = random.Random(3)
     vit, txt = ViT(CLIP), TextTower(len(tok.ids), CLIP)
-    init_patch_embedding(vit, to_input(pool["imgs"][:2000]))
     scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     prev = {"wall_s": 0.0, "steps": 0}
-    if args.clip_init:  # continue an earlier CLIP run (both towers and the temperature)
+    if not args.clip_init:
+        init_patch_embedding(vit, to_input(pool["imgs"][:2000]))
+    else:  # continue an earlier CLIP run (both towers and the temperature)
         prev = torch.load(args.clip_init, weights_only=False)
         if "txt" not in prev:
             sys.exit(f"{args.clip_init} holds no text tower (saved before --clip-init existed): cannot continue it")
@@ -491,8 +492,10 @@ def stage_clip(args, tok, pool, out):
             log(f"[clip] step {bud.step}/{bud.total} loss {ema:.4f} batch i2t top1 {acc:.2f}")
     st = {"sd": vit.state_dict(), "txt": txt.state_dict(), "scale": scale.item(),
           "wall_s": prev["wall_s"] + time.time() - t0, "steps": prev["steps"] + bud.step, "final_loss": ema}
+    st["probe"] = clip_probe(st)
     torch.save(st, path)
     log(f"[clip] done {st['steps']} steps, {st['wall_s']:.0f}s, loss {ema:.4f}")
+    log(f"[clip] ridge probes on the CLS feature, held-out pictures: {st['probe']}")
     return st
 
 
@@ -771,16 +774,14 @@ def main():
         json.dump(tok.ids, open(vpath, "w"))
     log(f"compact vocab {len(tok.ids)} ids")
     if args.only == "clip":
-        clip_st = stage_clip(args, tok, stage_pool(args, args.out), args.out)
-        log(f"[clip] ridge probes on the CLS feature, held-out pictures: {clip_probe(clip_st)}")
+        stage_clip(args, tok, stage_pool(args, args.out), args.out)
         return
     lm_st = stage_lm(args, tok, args.out)
     if args.stop_after == "lm" or args.only == "lm":
         return
     pool = stage_pool(args, args.out)
     clip_st = stage_clip(args, tok, pool, args.out)
-    probe = clip_probe(clip_st)
-    log(f"[clip] ridge probes on the CLS feature, held-out pictures: {probe}")
+    probe = clip_st.get("probe") or clip_probe(clip_st)  # checkpoints from before the probe existed
     if args.stop_after == "clip":
         return
     ad_st = stage_adapt(args, tok, lm_st, clip_st, pool, args.out)
