@@ -123,6 +123,25 @@ fn checkpoints_with_unknown_missing_or_misshapen_keys() {
     assert!(e.to_string().contains("not a PyTorch zip checkpoint"), "{e}");
 }
 
+/// Our `vision_heads` extension in clip.pth: a value that does not divide the
+/// width is refused by name; a valid one reaches the loaded model's config
+/// (OpenAI's layout alone implies width / 64 = 1 head for this fixture).
+#[test]
+fn clip_vision_heads_extension() {
+    let convert_with = |clip: &str, tag: &str| {
+        let out = std::env::temp_dir().join(format!("la-bad-heads-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let opts = ConvertOptions { quant: QuantFormat::F32, channel_order: ChannelOrder::Rgb, ..Default::default() };
+        convert(&Path::new(FIX).join("llama"), Path::new(clip), &Path::new(FIX).join("adapter_bias.pth"), &out, &opts).map(|_| out)
+    };
+    let e = convert_with(&format!("{FIX}/bad/clip_heads3.pth"), "3").err().expect("3 heads of a width of 64 must be refused");
+    assert!(matches!(e, ConvertError::BadInput { .. }) && e.to_string().contains("vision_heads 3 does not divide the width 64"), "{e}");
+    let dir = convert_with(&format!("{FIX}/bad/clip_heads2.pth"), "2").unwrap();
+    assert_eq!(load(&dir).unwrap().config.clip.heads, 2);
+    let dir = convert_with(&format!("{FIX}/clip.pth"), "default").unwrap();
+    assert_eq!(load(&dir).unwrap().config.clip.heads, 1);
+}
+
 #[test]
 fn empty_prompt_and_prompt_over_the_context() {
     let dir = fresh("prompt", QuantFormat::Q4);

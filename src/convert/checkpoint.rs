@@ -5,8 +5,9 @@
 //! and the official adapter `{model, config}` `.pth` (BIAS, LORA-BIAS and our
 //! early-fusion extension). Hyperparameters the files do not carry come from
 //! the shapes (query_len, query_layer, v_embed_dim, v_depth, CLIP's width,
-//! layers and patch, heads = width/64), from the adapter's config when it has
-//! them, or from flags with the official 7B defaults.
+//! layers and patch, heads = width/64 unless clip.pth holds our `vision_heads`
+//! int), from the adapter's config when it has them, or from flags with the
+//! official 7B defaults.
 
 use std::path::{Path, PathBuf};
 
@@ -165,10 +166,19 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
         max_seq_len: opts.max_seq_len,
     };
     // --- CLIP ---
+    // `vision_heads` (an int beside the tensors) is our extension for the trained
+    // default model; OpenAI's checkpoints imply heads = width / 64.
+    let mut vision_heads = None;
     let mut clip: Box<dyn TensorSource> = if clip_path.extension().is_some_and(|e| e == "safetensors") {
         Box::new(HfClip { inner: SafetensorsSource::open(&[clip_path.to_path_buf()])? })
     } else {
-        Box::new(PthSource::open(clip_path)?)
+        let pth = PthSource::open(clip_path)?;
+        vision_heads = match pth.ckpt.root.get("vision_heads") {
+            None => None,
+            Some(Value::Int(h)) if *h > 0 => Some(*h as usize),
+            Some(other) => return Err(bad(&pth.ckpt.path, format!("vision_heads is {other:?}; expected a positive int"))),
+        };
+        Box::new(pth)
     };
     let clip_file = clip.file().to_string();
     let prefix = if clip.contains("visual.conv1.weight") { "visual." } else { "" };
@@ -184,7 +194,11 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
         return Err(bad(&clip_file, format!("positional_embedding has {} rows, not a square grid plus one", pos[0])));
     }
     let layers = (0..).take_while(|i| clip.contains(&format!("{prefix}transformer.resblocks.{i}.attn.in_proj_weight"))).count();
-    let clip_cfg = ClipConfig { width, layers, heads: (width / 64).max(1), patch: conv[2], image_size: grid * conv[2], embed_dim: proj[1] };
+    let heads = vision_heads.unwrap_or((width / 64).max(1));
+    if width % heads != 0 {
+        return Err(bad(&clip_file, format!("vision_heads {heads} does not divide the width {width}")));
+    }
+    let clip_cfg = ClipConfig { width, layers, heads, patch: conv[2], image_size: grid * conv[2], embed_dim: proj[1] };
 
     let mut w = PackageWriter::new(opts.shard_bytes, opts.piece_bytes);
     let specs = base_specs(&llama_cfg, &clip_cfg);
