@@ -74,9 +74,13 @@ def load_llama(llama_dir: str):
 
 
 def load_clip(path: str) -> dict:
-    """OpenAI CLIP state dict; returns the visual tower with the 'visual.' prefix removed."""
+    """OpenAI CLIP state dict; returns the visual tower with the 'visual.' prefix removed, plus our
+    `vision_heads` int when the file has it (OpenAI's layout implies width / 64 heads)."""
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    return {k[len("visual."):]: v for k, v in _to_f32(sd).items() if k.startswith("visual.") and torch.is_tensor(v)}
+    vis = {k[len("visual."):]: v for k, v in _to_f32(sd).items() if k.startswith("visual.") and torch.is_tensor(v)}
+    if "vision_heads" in sd:
+        vis["vision_heads"] = int(sd["vision_heads"])
+    return vis
 
 
 def load_adapter(path: str):
@@ -181,7 +185,7 @@ def clip_encode_image(vis: dict, image: torch.Tensor) -> torch.Tensor:
     """Spec 2.1: CLIP VisionTransformer, ln_post on ALL tokens, then x @ proj."""
     conv_w = vis["conv1.weight"]  # [W,3,p,p], no bias
     width, _, patch, _ = conv_w.shape
-    n_heads = width // 64
+    n_heads = vis.get("vision_heads", width // 64)
     n_layers = len({k.split(".")[2] for k in vis if k.startswith("transformer.resblocks.")})
     x = F.conv2d(image, conv_w, bias=None, stride=patch)  # [B,W,g,g]
     B = x.shape[0]
