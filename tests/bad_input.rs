@@ -124,7 +124,8 @@ fn checkpoints_with_unknown_missing_or_misshapen_keys() {
 }
 
 /// Our `vision_heads` extension in clip.pth: a value that does not divide the
-/// width is refused by name; a valid one reaches the loaded model's config
+/// width, or leaves a head dim the attention kernel cannot take, is refused by
+/// name; a valid one reaches the loaded model's config
 /// (OpenAI's layout alone implies width / 64 = 1 head for this fixture).
 #[test]
 fn clip_vision_heads_extension() {
@@ -136,6 +137,8 @@ fn clip_vision_heads_extension() {
     };
     let e = convert_with(&format!("{FIX}/bad/clip_heads3.pth"), "3").err().expect("3 heads of a width of 64 must be refused");
     assert!(matches!(e, ConvertError::BadInput { .. }) && e.to_string().contains("vision_heads 3 does not divide the width 64"), "{e}");
+    let e = convert_with(&format!("{FIX}/bad/clip_heads32.pth"), "32").err().expect("a head dim of 2 must be refused");
+    assert!(e.to_string().contains("CLIP head dim 2 (width 64 / 32 heads) must be a multiple of 4"), "{e}");
     let dir = convert_with(&format!("{FIX}/bad/clip_heads2.pth"), "2").unwrap();
     assert_eq!(load(&dir).unwrap().config.clip.heads, 2);
     let dir = convert_with(&format!("{FIX}/clip.pth"), "default").unwrap();

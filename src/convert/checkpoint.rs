@@ -196,7 +196,8 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
     let layers = (0..).take_while(|i| clip.contains(&format!("{prefix}transformer.resblocks.{i}.attn.in_proj_weight"))).count();
     let heads = vision_heads.unwrap_or((width / 64).max(1));
     if width % heads != 0 {
-        return Err(bad(&clip_file, format!("vision_heads {heads} does not divide the width {width}")));
+        let source = if vision_heads.is_some() { "vision_heads" } else { "heads (width / 64)" };
+        return Err(bad(&clip_file, format!("{source} {heads} does not divide the width {width}")));
     }
     let clip_cfg = ClipConfig { width, layers, heads, patch: conv[2], image_size: grid * conv[2], embed_dim: proj[1] };
 

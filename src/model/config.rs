@@ -122,6 +122,9 @@ impl ModelConfig {
         }
         if c.heads == 0 || c.width % c.heads != 0 || c.patch == 0 || c.image_size % c.patch != 0 {
             problems.push(format!("CLIP width {} / heads {} / patch {} / image {} do not fit", c.width, c.heads, c.patch, c.image_size));
+        } else if (c.width / c.heads) % 4 != 0 || c.width / c.heads > 256 {
+            // the attention kernel moves 16-byte vectors and holds one head in registers
+            problems.push(format!("CLIP head dim {} (width {} / {} heads) must be a multiple of 4 and at most 256", c.width / c.heads, c.width, c.heads));
         }
         if l.max_seq_len == 0 || l.vocab_size == 0 {
             problems.push("max_seq_len and vocab_size must be positive".into());

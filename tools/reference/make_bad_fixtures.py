@@ -6,7 +6,8 @@ Writes tests/fixtures/tiny/bad/: adapter_unknown_key.pth (an extra key),
 adapter_missing_key.pth (llama.layers.1.attention.wq.bias removed),
 adapter_bad_shape.pth (visual_proj.bias with the wrong length);
 clip_heads3.pth (our `vision_heads` extension set to 3, which does not divide
-the width 64) and clip_heads2.pth (a valid `vision_heads` of 2).
+the width 64), clip_heads32.pth (head dim 2, which the attention kernel cannot
+take) and clip_heads2.pth (a valid `vision_heads` of 2).
 """
 import os
 import torch
@@ -28,6 +29,6 @@ shape = {"model": dict(ckpt["model"]), "config": dict(ckpt["config"])}
 shape["model"]["visual_proj.bias"] = torch.zeros(7)
 torch.save(shape, f"{out}/adapter_bad_shape.pth")
 clip = torch.load("tests/fixtures/tiny/clip.pth", map_location="cpu")
-for heads in (3, 2):
+for heads in (3, 2, 32):
     torch.save(dict(clip, vision_heads=heads), f"{out}/clip_heads{heads}.pth")
 print("wrote", sorted(os.listdir(out)))
