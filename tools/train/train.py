@@ -435,6 +435,16 @@ def to_input(u8):  # [B,R,R,3] uint8 -> normalised [B,3,R,R]
     return (u8.permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
 
 
+def text_batch(tok, texts):
+    """Texts for the CLIP text tower: compact ids ending in EOS, zero-padded, and their lengths."""
+    tids = [tok.c(tok.enc(t) + [EOS]) for t in texts]
+    lens = torch.tensor([len(t) for t in tids])
+    ids = torch.zeros(len(texts), int(lens.max()), dtype=torch.long)
+    for i, t in enumerate(tids):
+        ids[i, : len(t)] = torch.tensor(t)
+    return ids, lens
+
+
 def check_clip_heads(st, path):
     """Attention weights have the same shapes for any head count, so a checkpoint of another
     head count would load silently; checkpoints record theirs (those without predate the key)."""
@@ -468,12 +478,7 @@ def stage_clip(args, tok, pool, out):
     # embeddings of all 36 object phrases ("a red circle", ...). The global caption loss alone let
     # colour and count carry retrieval and never taught shape types; a per-patch target gives the
     # ViT the local signal it lacks (see patch_phrase_labels and tools/train/README.md, Findings).
-    phrase_texts = [D._item(dict(colour=c, shape=t)) for c in D.COLOURS for t in D.SHAPES]
-    phrase_ids_list = [tok.c(tok.enc(t) + [EOS]) for t in phrase_texts]
-    phrase_lens = torch.tensor([len(t) for t in phrase_ids_list])
-    phrase_ids = torch.zeros(len(phrase_texts), int(phrase_lens.max()), dtype=torch.long)
-    for i, t in enumerate(phrase_ids_list):
-        phrase_ids[i, : len(t)] = torch.tensor(t)
+    phrase_ids, phrase_lens = text_batch(tok, [D._item(dict(colour=c, shape=t)) for c in D.COLOURS for t in D.SHAPES])
     dense_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     if args.clip_init and "dense_scale" in prev:
         dense_scale.data.fill_(prev["dense_scale"])
@@ -494,11 +499,7 @@ def stage_clip(args, tok, pool, out):
         texts = [D.caption_view(pool["scenes"][i], v) for i, v in zip(idx, views)]
         texts += [D.caption_view(D.hard_negative(pool["scenes"][i], rng), v)
                   for i, v in zip(idx, views) for _ in range(args.clip_hard)]
-        tids = [tok.c(tok.enc(t) + [EOS]) for t in texts]
-        lens = torch.tensor([len(t) for t in tids])
-        ids = torch.zeros(len(texts), int(lens.max()), dtype=torch.long)
-        for i, t in enumerate(tids):
-            ids[i, : len(t)] = torch.tensor(t)
+        ids, lens = text_batch(tok, texts)
         B = len(idx)
         tokens = vit(x)
         fi = F.normalize(tokens[:, 0], dim=-1)
