@@ -465,33 +465,31 @@ def stage_clip(args, tok, pool, out):
     prev = {"wall_s": 0.0, "steps": 0}
     if not args.clip_init:
         init_patch_embedding(vit, to_input(pool["imgs"][:2000]))
-    else:  # continue an earlier CLIP run (both towers and the temperature)
+    else:  # continue an earlier CLIP run (both towers and the temperature, or the ViT alone)
         prev = torch.load(args.clip_init, weights_only=False)
-        if "txt" not in prev:
-            sys.exit(f"{args.clip_init} holds no text tower (saved before --clip-init existed): cannot continue it")
         check_clip_heads(prev, args.clip_init)
         vit.load_state_dict(prev["sd"])
-        txt.load_state_dict(prev["txt"])
-        scale.data.fill_(prev["scale"])
-        log(f"[clip] continuing {args.clip_init}: {prev['steps']} steps, {prev['wall_s']:.0f}s so far")
-    # Dense term: each patch token inside a shape is matched, CLIP-style, against the text tower's
-    # embeddings of all 36 object phrases ("a red circle", ...). The global caption loss alone let
-    # colour and count carry retrieval and never taught shape types; a per-patch target gives the
-    # ViT the local signal it lacks (see patch_phrase_labels and tools/train/README.md, Findings).
-    phrase_ids, phrase_lens = text_batch(tok, [D._item(dict(colour=c, shape=t)) for c in D.COLOURS for t in D.SHAPES])
+        if "txt" in prev:
+            txt.load_state_dict(prev["txt"])
+            scale.data.fill_(prev["scale"])
+        log(f"[clip] continuing {args.clip_init}: {prev['steps']} steps, {prev['wall_s']:.0f}s so far"
+            + ("" if "txt" in prev else " (vision tower only: a fresh text tower)"))
+    # Dense term: each patch token is matched, CLIP-style, against the text tower's embeddings of
+    # the 36 object phrases ("a red circle", ...) and of an empty text (EOS only) for background.
+    # The global caption loss alone let colour and count carry retrieval and never taught shape
+    # types; a per-patch target gives the ViT the local signal it lacks (see patch_phrase_labels
+    # and tools/train/README.md, Findings).
+    phrases = [D._item(dict(colour=c, shape=t)) for c in D.COLOURS for t in D.SHAPES] + [""]
+    phrase_ids, phrase_lens = text_batch(tok, phrases)
     dense_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     if args.clip_init and "dense_scale" in prev:
         dense_scale.data.fill_(prev["dense_scale"])
+    labels_all = pool_patch_labels(pool) if args.clip_dense > 0 else None
     params = list(vit.parameters()) + list(txt.parameters()) + [scale, dense_scale]
     opt = adamw(params, 0.1)
-    bud = Budget([opt], [1e-3], args.clip_min)
-    N = len(pool["scenes"])
-    t0, ema = time.time(), None
-    while bud.next():
-        idx = rng.sample(range(N), args.clip_bs)
-        x = to_input(pool["imgs"][idx])
-        if rng.random() < 0.5:  # brightness / contrast jitter (channel-wise) for shade robustness
-            x = x * (1 + 0.1 * torch.randn(len(idx), 3, 1, 1)) + 0.1 * torch.randn(len(idx), 3, 1, 1)
+
+    def clip_loss(idx, x, train_vit=True):
+        """(loss, in-batch image->text top-1, patch->phrase top-1 on object patches)."""
         # texts: one description view per image (data.caption_view), then `clip_hard` hard
         # negatives per image (the same view of the scene with one detail changed). A text is a
         # positive for every image it truly describes.
@@ -501,7 +499,8 @@ def stage_clip(args, tok, pool, out):
                   for i, v in zip(idx, views) for _ in range(args.clip_hard)]
         ids, lens = text_batch(tok, texts)
         B = len(idx)
-        tokens = vit(x)
+        with torch.set_grad_enabled(train_vit):
+            tokens = vit(x)
         fi = F.normalize(tokens[:, 0], dim=-1)
         ft = F.normalize(txt(ids, lens), dim=-1)
         lg = scale.exp().clamp(max=100) * fi @ ft.t()  # [B images, all texts]
@@ -511,22 +510,55 @@ def stage_clip(args, tok, pool, out):
         sq = same[:, :B]  # text -> image over the batch's own captions (symmetric CLIP term)
         t2i = torch.sum(-sq / sq.sum(0, keepdim=True) * F.log_softmax(lg[:, :B], 0), 0).mean()
         loss = 0.5 * (i2t + t2i)
+        acc = same[torch.arange(B), lg.argmax(1)].mean().item()
         dense_acc = float("nan")
         if args.clip_dense > 0:
-            labels = torch.stack([patch_phrase_labels(pool["scenes"][i]) for i in idx])  # [B, grid²]
-            inside = labels >= 0
-            fp = F.normalize(tokens[:, 1:][inside], dim=-1)
+            labels = labels_all[idx].flatten()  # [B * grid²]
+            fp = F.normalize(tokens[:, 1:].flatten(0, 1), dim=-1)
             fph = F.normalize(txt(phrase_ids, phrase_lens), dim=-1)
             lgd = dense_scale.exp().clamp(max=100) * fp @ fph.t()
-            loss = loss + args.clip_dense * F.cross_entropy(lgd, labels[inside])
-            dense_acc = (lgd.argmax(1) == labels[inside]).float().mean().item()
+            obj, bg = (labels >= 0) & (labels != BACKGROUND), labels == BACKGROUND
+            dense = F.cross_entropy(lgd[obj], labels[obj])
+            if bg.any():  # background patches outnumber object patches ~3:1; weighted down
+                dense = dense + args.clip_bg * F.cross_entropy(lgd[bg], labels[bg])
+            loss = loss + args.clip_dense * dense
+            dense_acc = (lgd[obj].argmax(1) == labels[obj]).float().mean().item()
+        return loss, acc, dense_acc
+
+    t0 = time.time()
+    if args.clip_init and "txt" not in prev:
+        # A fresh text tower against a trained ViT: align the text tower (and temperatures) to the
+        # frozen image tokens first, so that its random start does not pull the ViT around.
+        opt_txt = adamw(list(txt.parameters()) + [scale, dense_scale], 0.1)
+        ema = None
+        for s in range(args.clip_txt_warm):
+            for g in opt_txt.param_groups:
+                g["lr"] = 1e-3 * min(1.0, (s + 1) / 30)
+            idx = rng.sample(range(len(pool["scenes"])), args.clip_bs)
+            loss, acc, dense_acc = clip_loss(idx, to_input(pool["imgs"][idx]), train_vit=False)
+            opt_txt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt_txt.step()
+            ema = loss.item() if ema is None else 0.97 * ema + 0.03 * loss.item()
+            if s % 25 == 0:
+                log(f"[clip] text warm-up {s}/{args.clip_txt_warm} loss {ema:.4f} batch i2t top1 {acc:.2f} "
+                    f"patch phrase top1 {dense_acc:.2f}")
+    bud = Budget([opt], [1e-3], args.clip_min)
+    N = len(pool["scenes"])
+    ema = None
+    while bud.next():
+        idx = rng.sample(range(N), args.clip_bs)
+        x = to_input(pool["imgs"][idx])
+        if rng.random() < 0.5:  # brightness / contrast jitter (channel-wise) for shade robustness
+            x = x * (1 + 0.1 * torch.randn(len(idx), 3, 1, 1)) + 0.1 * torch.randn(len(idx), 3, 1, 1)
+        loss, acc, dense_acc = clip_loss(idx, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.97 * ema + 0.03 * loss.item()
         if bud.step % 25 == 0:
-            acc = same[torch.arange(B), lg.argmax(1)].mean().item()
             log(f"[clip] step {bud.step}/{bud.total} loss {ema:.4f} batch i2t top1 {acc:.2f} patch phrase top1 {dense_acc:.2f}")
     st = {"sd": vit.state_dict(), "txt": txt.state_dict(), "scale": scale.item(), "dense_scale": dense_scale.item(),
           "heads": CLIP["heads"],
@@ -538,20 +570,48 @@ def stage_clip(args, tok, pool, out):
     return st
 
 
-def patch_phrase_labels(scene):
-    """Per patch of the CLIP grid, the index (colour * 6 + shape) of the object whose centre lies
-    within max(0.9 r, half a patch) of the patch centre, or -1 for background. A disc, not the
-    polygon: for triangles and stars about half of the labelled patch centres lie on background,
-    and about 7 % of objects (small ones between patch centres) get no labelled patch at all
-    (measured over 5,000 scenes). Pool pictures are square, so scene coordinates map straight
-    onto the grid."""
+BACKGROUND = len(D.COLOURS) * len(D.SHAPES)  # dense class of patches no shape touches (its phrase: EOS only)
+SUB = 4  # coverage of a patch is measured on SUB x SUB points inside it
+
+
+def patch_phrase_labels(scene, min_cover=0.25):
+    """Per patch of the CLIP grid: the index (colour * 6 + shape) of the object covering most of
+    it, if it covers at least `min_cover`; BACKGROUND where no object touches the patch; -1
+    (ignored) for patches only grazed by a shape. Coverage is exact geometry (the polygon
+    render_pil draws, or the disc), sampled at SUB x SUB points per patch; an object too small
+    to cover `min_cover` of any patch still labels the patch it covers most, so every object has
+    at least one labelled patch. (The fourth model's labels were discs of 0.9 r around the
+    centre: for triangles and stars half of those patch centres were background, and 7 % of
+    objects got no patch.) Pool pictures are square, so scene coordinates map onto the grid."""
     g = CLIP["res"] // CLIP["patch"]
-    centres = (torch.arange(g) + 0.5) / g
-    labels = torch.full((g, g), -1, dtype=torch.long)
+    pts = (np.arange(g * SUB) + 0.5) / (g * SUB)
+    px, py = np.meshgrid(pts, pts)  # py: rows (y grows downwards, as in the renderers)
+    cover = []
     for o in scene["objects"]:
-        dist = ((centres[None, :] - o["x"]) ** 2 + (centres[:, None] - o["y"]) ** 2).sqrt()
-        labels[dist < max(0.9 * o["r"], 0.5 / g)] = D.COLOURS.index(o["colour"]) * len(D.SHAPES) + D.SHAPES.index(o["shape"])
-    return labels.flatten()
+        if o["shape"] == "circle":
+            inside = (px - o["x"]) ** 2 + (py - o["y"]) ** 2 <= o["r"] ** 2
+        else:
+            inside = D._inside_poly(px, py, D.polygon(o["shape"], o["x"], o["y"], o["r"], o["rot"]))
+        cover.append(inside.reshape(g, SUB, g, SUB).mean(axis=(1, 3)))
+    cover = np.stack(cover)  # [objects, g, g]
+    best, best_cover = cover.argmax(0), cover.max(0)
+    cls = np.array([D.COLOURS.index(o["colour"]) * len(D.SHAPES) + D.SHAPES.index(o["shape"]) for o in scene["objects"]])
+    labels = np.where(best_cover >= min_cover, cls[best], -1)
+    labels[best_cover == 0] = BACKGROUND
+    for i, c in enumerate(cover):
+        if not (labels == cls[i]).any():
+            r, col = np.unravel_index(c.argmax(), c.shape)
+            labels[r, col] = cls[i]
+    return torch.from_numpy(labels.flatten().astype(np.int64))
+
+
+def pool_patch_labels(pool):
+    """patch_phrase_labels of every pool scene, computed once: [N, grid²]."""
+    if "patch_labels" not in pool:
+        t0 = time.time()
+        pool["patch_labels"] = torch.stack([patch_phrase_labels(sc) for sc in pool["scenes"]])
+        log(f"[clip] patch labels of {len(pool['scenes'])} scenes in {time.time() - t0:.0f}s")
+    return pool["patch_labels"]
 
 
 @torch.no_grad()
@@ -686,7 +746,20 @@ def stage_adapt(args, tok, lm_st, clip_st, pool, out):
                           (img_example(rng, pool["scenes"][i]) for i in idx)])
         vq = vis(feats[idx].float())
         li = lm.loss(ids, m, vq)
-        gi = torch.autograd.grad(li, g_vis, allow_unused=True)
+        loss_v = li
+        if args.adapt_mem > 0:
+            # Memory distillation: the LM learned in pre-training to read a scene from prefix-memory
+            # slots (summed embeddings of colour, type, ordinal words). Pull the visual token of
+            # each occupied slot towards the memory of the same scene; the caption's words are the
+            # target, so this is still image-text data, and it updates only the visual group.
+            scenes = [pool["scenes"][i] for i in idx]
+            with torch.no_grad():
+                mem = lm.memory(tok, scenes)
+            occ = torch.zeros(len(idx), MEM_SLOTS, dtype=torch.bool)
+            for b, sc in enumerate(scenes):
+                occ[b, : len(sc["objects"])] = True
+            loss_v = li + args.adapt_mem * F.mse_loss(vq[occ], mem[occ])
+        gi = torch.autograd.grad(loss_v, g_vis, allow_unused=True)
         # instruction data (text-only, zero image) -> late prompts, gates, biases, scales, norms
         ids, m = collate([example_ids(tok, D.format_prompt(q), a) for _, q, a in
                           (D.text_task(rng) for _ in range(args.txt_bs))])
@@ -817,6 +890,11 @@ def main():
     ap.add_argument("--clip-bs", type=int, default=64)
     ap.add_argument("--clip-hard", type=int, default=3)
     ap.add_argument("--clip-dense", type=float, default=1.0, help="weight of the per-patch phrase term (0: off)")
+    ap.add_argument("--clip-bg", type=float, default=0.3, help="weight of the background patches in the dense term")
+    ap.add_argument("--clip-txt-warm", type=int, default=300, help="--clip-init from a vision tower alone "
+                    "(from_package.py): text-tower steps against the frozen ViT before joint training")
+    ap.add_argument("--adapt-mem", type=float, default=0.0, help="stage 4: weight of the memory-distillation "
+                    "term (visual tokens of occupied slots vs the pre-training prefix memory; 0: off)")
     ap.add_argument("--img-bs", type=int, default=40)
     ap.add_argument("--txt-bs", type=int, default=12)
     ap.add_argument("--lr-vis", type=float, default=1.5e-3)
