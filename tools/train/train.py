@@ -883,8 +883,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"))
     ap.add_argument("--dst", default=os.path.join(REPO, "www", "models", "default", "src"))
     ap.add_argument("--lm-min", type=float, default=100)
-    ap.add_argument("--clip-min", type=float, default=52)
-    ap.add_argument("--adapt-min", type=float, default=27)
+    ap.add_argument("--clip-min", type=float, default=90)
+    ap.add_argument("--adapt-min", type=float, default=30)
     ap.add_argument("--pool", type=int, default=24000)
     ap.add_argument("--lm-bs", type=int, default=48)
     ap.add_argument("--clip-bs", type=int, default=64)
@@ -893,7 +893,7 @@ def main():
     ap.add_argument("--clip-bg", type=float, default=0.3, help="weight of the background patches in the dense term")
     ap.add_argument("--clip-txt-warm", type=int, default=300, help="--clip-init from a vision tower alone "
                     "(from_package.py): text-tower steps against the frozen ViT before joint training")
-    ap.add_argument("--adapt-mem", type=float, default=0.0, help="stage 4: weight of the memory-distillation "
+    ap.add_argument("--adapt-mem", type=float, default=1.0, help="stage 4: weight of the memory-distillation "
                     "term (visual tokens of occupied slots vs the pre-training prefix memory; 0: off)")
     ap.add_argument("--img-bs", type=int, default=40)
     ap.add_argument("--txt-bs", type=int, default=12)
