@@ -723,6 +723,12 @@ def stage_adapt(args, tok, lm_st, clip_st, pool, out):
     f0 = zero_image_feats(vit)
     log(f"[adapt] clip features {tuple(feats.shape)} in {time.time() - t0:.0f}s")
     lm, vis = build_adapter_model(tok, lm_st["sd"])
+    prev = {"wall_s": 0.0, "steps": 0}
+    if args.adapt_init:  # continue an earlier stage 4 on the same LM and CLIP: fresh warm-up + cosine
+        prev = torch.load(args.adapt_init, weights_only=False)
+        lm.load_state_dict(prev["lm"])
+        vis.load_state_dict(prev["vis"])
+        log(f"[adapt] continuing {args.adapt_init}: {prev['steps']} steps, {prev['wall_s']:.0f}s so far")
     g_vis, g_late = trainable_groups(lm, vis)
     for p in g_vis + g_late:
         p.requires_grad_(True)
@@ -782,7 +788,8 @@ def stage_adapt(args, tok, lm_st, clip_st, pool, out):
             torch.save({"lm": lm.state_dict(), "vis": vis.state_dict(), "partial": True}, path + ".partial")
     n_vis = sum(p.numel() for p in g_vis)
     n_late = sum(p.numel() for p in g_late)
-    st = {"lm": lm.state_dict(), "vis": vis.state_dict(), "wall_s": time.time() - t0, "steps": bud.step,
+    st = {"lm": lm.state_dict(), "vis": vis.state_dict(), "wall_s": prev["wall_s"] + time.time() - t0,
+          "steps": prev["steps"] + bud.step,
           "img_loss": ema_i, "txt_loss": ema_t, "n_vis": n_vis, "n_late": n_late, "n_train": n_train}
     torch.save(st, path)
     log(f"[adapt] done {st['steps']} steps, {st['wall_s']:.0f}s, img {ema_i:.4f} txt {ema_t:.4f}")
@@ -902,6 +909,8 @@ def main():
     ap.add_argument("--lm-init", default="", help="a stage1_lm.pt to continue (its run's vocab.json must be "
                     "copied into --out first); wall time and steps add up")
     ap.add_argument("--clip-init", default="", help="a stage2_clip.pt to continue (same pool settings); "
+                    "wall time and steps add up")
+    ap.add_argument("--adapt-init", default="", help="a stage3_adapter.pt to continue (same LM and CLIP); "
                     "wall time and steps add up")
     ap.add_argument("--stop-after", default="", help="lm | clip: stop after that stage")
     ap.add_argument("--only", default="", help="lm | clip: run only that stage (clip includes the pool); "
