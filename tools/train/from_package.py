@@ -30,7 +30,7 @@ import train as T  # noqa: E402
 def read_package(pkg):
     """{name: float32 tensor} of a package directory (manifest.json + shard-*.bin)."""
     man = json.load(open(os.path.join(pkg, "manifest.json")))
-    shards = [open(os.path.join(pkg, s["file"] if isinstance(s, dict) else s), "rb").read() for s in man["shards"]]
+    shards = [open(os.path.join(pkg, s["file"]), "rb").read() for s in man["shards"]]
     out = {}
     for t in man["tensors"]:
         dt = {"f16": np.float16, "f32": np.float32}.get(t["format"])
@@ -45,7 +45,6 @@ def read_package(pkg):
 
 def lm_state(tok, w):
     """The training module's LLaMA state dict (compact vocab) from the base tensors."""
-    L = T.LLAMA["n_layers"]
     gid = torch.tensor(tok.ids)
     unused = sorted(set(range(T.VOCAB)) - set(tok.ids))
     out_rows = w["output.weight"][unused]
@@ -53,41 +52,31 @@ def lm_state(tok, w):
         sys.exit("output.weight rows of unused ids differ: this package was not exported by train.py")
     sd = {"tok": w["tok_embeddings.weight"][gid], "out": w["output.weight"][gid], "unused": out_rows[0],
           "norm": w["norm.weight"]}
-    for l in range(L):
+    for l in range(T.LLAMA["n_layers"]):
         for n in T.LLaMA.LIN:
-            grp = "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward"
-            sd[f"W.{l}_{n}"] = w[f"layers.{l}.{grp}.{n}.weight"]
+            sd[f"W.{l}_{n}"] = w[f"layers.{l}.{T.meta_group(n)}.{n}.weight"]
         sd[f"W.{l}_an"] = w[f"layers.{l}.attention_norm.weight"]
         sd[f"W.{l}_fn"] = w[f"layers.{l}.ffn_norm.weight"]
     return sd
 
 
-def vit_state(w):
-    """The training module's ViT state dict from the base package's clip.* tensors."""
-    c, p = T.CLIP["width"], T.CLIP["patch"]
-    sd = {"conv1.weight": w["clip.conv1.weight"].view(c, 3, p, p), "proj": w["clip.proj_t"].t().contiguous()}
-    for k in ("class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias", "ln_post.weight", "ln_post.bias"):
-        sd[k] = w["clip." + k]
-    for i in range(T.CLIP["layers"]):
-        s, d = f"clip.transformer.resblocks.{i}.", f"blocks.{i}."
-        for k in ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
-                  "ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            sd[d + k] = w[s + k]
-        for n in ("c_fc", "c_proj"):
-            sd[d + n + ".weight"], sd[d + n + ".bias"] = w[s + f"mlp.{n}.weight"], w[s + f"mlp.{n}.bias"]
-    return sd
+def load_vit(vit, w):
+    """The base package's clip.* tensors into a training ViT (the package stores proj transposed)."""
+    sd = {k[len("clip."):]: v for k, v in w.items() if k.startswith("clip.")}
+    sd["proj"] = sd.pop("proj_t").t()
+    vit.load_state_dict_openai(sd)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--package", default=os.path.join(T.REPO, "www", "models", "default", "base"))
     ap.add_argument("--out", required=True)
-    # the shipped fourth model's stage records (tools/train/README.md, "Wall time")
+    # the shipped fifth model's stage records (tools/train/README.md, "Wall time")
     ap.add_argument("--lm-steps", type=int, default=13474)
     ap.add_argument("--lm-wall", type=float, default=6792)
     ap.add_argument("--lm-loss", type=float, default=0.286)
-    ap.add_argument("--clip-steps", type=int, default=3942)
-    ap.add_argument("--clip-wall", type=float, default=2841)
+    ap.add_argument("--clip-steps", type=int, default=15239)
+    ap.add_argument("--clip-wall", type=float, default=6863)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     man, w = read_package(args.package)
@@ -100,7 +89,7 @@ def main():
     lm = T.LLaMA(len(tok.ids), T.LLAMA)
     lm.load_state_dict(lm_state(tok, w))
     vit = T.ViT(T.CLIP)
-    vit.load_state_dict(vit_state(w))
+    load_vit(vit, w)
     src = os.path.abspath(args.package)
     torch.save({"sd": lm.state_dict(), "steps": args.lm_steps, "wall_s": args.lm_wall, "final_loss": args.lm_loss,
                 "recovered_from": src}, os.path.join(args.out, "stage1_lm.pt"))

@@ -121,6 +121,11 @@ def collate(exs):
 # ---- LLaMA decoder (training form; matches tools/reference/model.py Decoder exactly) --------
 
 
+def meta_group(n):
+    """The Meta checkpoint's module of linear `n` (wq..wo: attention, w1..w3: feed_forward)."""
+    return "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward"
+
+
 def ffn_hidden(dim, multiple_of):
     return ref.AdapterConfig.ffn_hidden_of(dim, multiple_of)
 
@@ -264,7 +269,8 @@ class ViT(nn.Module):
             x = b(x)
         return self.ln_post(x) @ self.proj
 
-    def state_dict_openai(self):
+    def openai_params(self):
+        """{OpenAI CLIP key (visual.* without the prefix): this module's parameter}."""
         sd = {"conv1.weight": self.conv1.weight, "class_embedding": self.class_embedding,
               "positional_embedding": self.positional_embedding, "proj": self.proj}
         for n in ("ln_pre", "ln_post"):
@@ -277,7 +283,16 @@ class ViT(nn.Module):
                 m = getattr(b, n)
                 k = p + (f"mlp.{n}" if n.startswith("c_") else n)
                 sd[k + ".weight"], sd[k + ".bias"] = m.weight, m.bias
-        return {k: v.detach().clone() for k, v in sd.items()}
+        return sd
+
+    def state_dict_openai(self):
+        return {k: v.detach().clone() for k, v in self.openai_params().items()}
+
+    @torch.no_grad()
+    def load_state_dict_openai(self, sd):
+        """Inverse of state_dict_openai; every key must be present (conv1 may come flattened)."""
+        for k, p in self.openai_params().items():
+            p.copy_(sd[k].reshape(p.shape))
 
 
 class TextTower(nn.Module):
@@ -817,8 +832,7 @@ def export(tok, lm_st, clip_st, ad_st, dst):
     meta = {"tok_embeddings.weight": emb, "output.weight": outw, "norm.weight": base.norm}
     for l in range(LLAMA["n_layers"]):
         for n in LLaMA.LIN:
-            grp = "attention" if n.startswith("w") and n in ("wq", "wk", "wv", "wo") else "feed_forward"
-            meta[f"layers.{l}.{grp}.{n}.weight"] = base.W[f"{l}_{n}"]
+            meta[f"layers.{l}.{meta_group(n)}.{n}.weight"] = base.W[f"{l}_{n}"]
         meta[f"layers.{l}.attention_norm.weight"] = base.W[f"{l}_an"]
         meta[f"layers.{l}.ffn_norm.weight"] = base.W[f"{l}_fn"]
     hd = d // LLAMA["n_heads"]
@@ -851,11 +865,9 @@ def export(tok, lm_st, clip_st, ad_st, dst):
         if l < ADAPTER["early_layers"]:
             a[p + "attention.visual_gate"] = lm.vgate[str(l)]
         for n in LLaMA.BIAS:
-            grp = "attention" if n in ("wq", "wo") else "feed_forward"
-            a[p + f"{grp}.{n}.bias"] = lm.B[f"{l}_{n}"]
+            a[p + f"{meta_group(n)}.{n}.bias"] = lm.B[f"{l}_{n}"]
         for n in LLaMA.LIN:
-            grp = "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward"
-            a[p + f"{grp}.{n}.scale"] = lm.S[f"{l}_{n}"]
+            a[p + f"{meta_group(n)}.{n}.scale"] = lm.S[f"{l}_{n}"]
         a[p + "attention_norm.weight"] = lm.W[f"{l}_an"]
         a[p + "ffn_norm.weight"] = lm.W[f"{l}_fn"]
     a["llama.norm.weight"] = lm.norm
