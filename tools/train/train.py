@@ -54,7 +54,7 @@ LLAMA = dict(dim=96, multiple_of=32, n_heads=4, n_layers=6, norm_eps=1e-05, voca
 # Exported as `vision_heads` in clip.pth for the converter.
 CLIP = dict(width=128, layers=3, heads=8, patch=8, res=64, out=128, text_width=128, text_layers=2)
 ADAPTER = dict(w_bias=True, w_lora=False, lora_rank=16, fusion="early_prefix", early_layers=3, w_scale=True,
-               query_len=10, query_layer=3, v_embed_dim=128, v_depth=2, v_num_heads=4, v_mlp_ratio=4.0,
+               query_len=10, query_layer=3, v_embed_dim=128, v_depth=4, v_num_heads=4, v_mlp_ratio=4.0,
                channel_order="rgb")
 
 
@@ -1022,7 +1022,7 @@ def main():
                     "term (visual tokens of occupied slots vs the pre-training prefix memory; 0: off)")
     ap.add_argument("--adapt-pool", type=int, default=48000, help="extra PIL scenes (pool_adapt.pt, another "
                     "seed) for stages 3a and 4, beside the CLIP pool: the visual branch overfits 24,000")
-    ap.add_argument("--distill-min", type=float, default=15, help="stage 3a (visual branch -> prefix-memory "
+    ap.add_argument("--distill-min", type=float, default=20, help="stage 3a (visual branch -> prefix-memory "
                     "code) budget in minutes; 0 skips it")
     ap.add_argument("--distill-bs", type=int, default=128)
     ap.add_argument("--lr-distill", type=float, default=1e-3)
