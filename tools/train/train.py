@@ -1019,7 +1019,7 @@ def main():
     ap.add_argument("--clip-txt-warm", type=int, default=300, help="--clip-init from a vision tower alone "
                     "(from_package.py): text-tower steps against the frozen ViT before joint training")
     ap.add_argument("--adapt-mem", type=float, default=1.0, help="stage 4: weight of the memory-distillation "
-                    "term (visual tokens of occupied slots vs the pre-training prefix memory; 0: off)")
+                    "term (stage 3a's loss: visual tokens vs the pre-training prefix memory; 0: off)")
     ap.add_argument("--adapt-pool", type=int, default=48000, help="extra PIL scenes (pool_adapt.pt, another "
                     "seed) for stages 3a and 4, beside the CLIP pool: the visual branch overfits 24,000")
     ap.add_argument("--distill-min", type=float, default=20, help="stage 3a (visual branch -> prefix-memory "
