@@ -109,6 +109,24 @@ def polygon(shape: str, x, y, r, rot, star_inner=0.45, cross_w=0.36, sides_from_
             for i in range(k)]
 
 
+def geometry(o: dict) -> dict:
+    """The object's own star / cross proportions, where `jitter_geometry` set them (else the
+    polygon defaults: star inner radius 0.45 r, cross arm half-width 0.36 r)."""
+    return {k: o[k] for k in ("star_inner", "cross_w") if k in o}
+
+
+def jitter_geometry(scene: dict, rng: random.Random) -> dict:
+    """Training augmentation (`train.py --geo-jitter`): each star and cross gets its own
+    proportions, so that the vision tower does not learn one drawing of them. Ranges are broad
+    on purpose (other programs draw these shapes differently), not fitted to any test renderer."""
+    for o in scene["objects"]:
+        if o["shape"] == "star":
+            o["star_inner"] = rng.uniform(0.3, 0.6)
+        elif o["shape"] == "cross":
+            o["cross_w"] = rng.uniform(0.2, 0.5)
+    return scene
+
+
 def render_pil(scene: dict, rng: random.Random, size: int | None = None, noise: float | None = None) -> Image.Image:
     """Square canvas of random size; shade, background, gradient and noise sampled from rng."""
     S = size or rng.choice([224, 224, rng.randint(128, 480)])
@@ -129,7 +147,7 @@ def render_pil(scene: dict, rng: random.Random, size: int | None = None, noise: 
         if o["shape"] == "circle":
             d.ellipse([x - r, y - r, x + r, y + r], fill=c)
         else:
-            d.polygon(polygon(o["shape"], x, y, r, o["rot"]), fill=c)
+            d.polygon(polygon(o["shape"], x, y, r, o["rot"], **geometry(o)), fill=c)
     nz = rng.choice([0, 0, 4, 8, 14]) if noise is None else noise
     if nz > 0:
         arr = np.asarray(img, dtype=np.float32)

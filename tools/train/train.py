@@ -433,11 +433,14 @@ def stage_pool(args, out, name="pool.pt", n=None, seed=12345):
     n = args.pool if n is None else n
     t0 = time.time()
     rng = random.Random(seed)
+    geo_rng = random.Random(seed + 1)  # its own stream: the same scenes with or without --geo-jitter
     R = CLIP["res"]
     imgs = np.zeros((n, R, R, 3), np.uint8)
     scenes = []
     for i in range(n):
         sc = D.sample_scene(rng)
+        if args.geo_jitter:
+            D.jitter_geometry(sc, geo_rng)
         im = D.render_pil(sc, rng)
         x = D.clip_preprocess(im, R)  # normalised CHW; store the resized/cropped uint8 instead
         imgs[i] = np.clip(np.round((x.transpose(1, 2, 0) * D.CLIP_STD + D.CLIP_MEAN) * 255), 0, 255).astype(np.uint8)
@@ -612,7 +615,7 @@ def patch_phrase_labels(scene, min_cover=0.25):
         if o["shape"] == "circle":
             inside = (px - o["x"]) ** 2 + (py - o["y"]) ** 2 <= o["r"] ** 2
         else:
-            inside = D._inside_poly(px, py, D.polygon(o["shape"], o["x"], o["y"], o["r"], o["rot"]))
+            inside = D._inside_poly(px, py, D.polygon(o["shape"], o["x"], o["y"], o["r"], o["rot"], **D.geometry(o)))
         cover.append(inside.reshape(g, SUB, g, SUB).mean(axis=(1, 3)))
     cover = np.stack(cover)  # [objects, g, g]
     best, best_cover = cover.argmax(0), cover.max(0)
@@ -1013,6 +1016,8 @@ def main():
     ap.add_argument("--clip-min", type=float, default=90)
     ap.add_argument("--adapt-min", type=float, default=30)
     ap.add_argument("--pool", type=int, default=24000)
+    ap.add_argument("--geo-jitter", action="store_true", help="pools draw every star and cross with its own "
+                    "proportions (data.jitter_geometry); experimental, not in the shipped model")
     ap.add_argument("--lm-bs", type=int, default=48)
     ap.add_argument("--clip-bs", type=int, default=64)
     ap.add_argument("--clip-hard", type=int, default=3)
