@@ -657,6 +657,19 @@ def init_patch_embedding(vit, x):
 
 
 @torch.no_grad()
+def heldout_pictures(n, seed):
+    """`n` fresh scenes from `seed` (never a training seed) as normalised CLIP input [n, 3, R, R]:
+    even ones drawn by the numpy renderer that training never sees, odd ones by PIL."""
+    rng = random.Random(seed)
+    xs, scenes = [], []
+    for i in range(n):
+        sc = D.sample_scene(rng)
+        img = D.render_pil(sc, rng) if i % 2 else D.render_numpy(sc, rng, 224)
+        xs.append(D.clip_preprocess(img, CLIP["res"]))
+        scenes.append(sc)
+    return torch.from_numpy(np.stack(xs)), scenes
+
+
 def clip_probe(clip_st, n=1500, n_train=1200):
     """What the frozen CLIP features know, before stage 4 uses them: ridge probes on the CLS
     feature of `n` fresh pictures (seed 555, half of them by the numpy renderer that training never
@@ -665,14 +678,7 @@ def clip_probe(clip_st, n=1500, n_train=1200):
     vit = ViT(CLIP)
     vit.load_state_dict(clip_st["sd"])
     vit.eval()
-    rng = random.Random(555)
-    xs, scenes = [], []
-    for i in range(n):
-        sc = D.sample_scene(rng)
-        img = D.render_pil(sc, rng) if i % 2 else D.render_numpy(sc, rng, 224)
-        xs.append(D.clip_preprocess(img, CLIP["res"]))
-        scenes.append(sc)
-    x = torch.from_numpy(np.stack(xs))
+    x, scenes = heldout_pictures(n, 555)
     tokens = torch.cat([vit(x[i:i + 250]) for i in range(0, n, 250)]).double()
     # the patch token under the leftmost shape's centre: what stage 4 reads of that shape
     g = CLIP["res"] // CLIP["patch"]
@@ -774,15 +780,9 @@ class SlotCode:
 def slot_probe(vit, vis, code, n=600):
     """Held-out nearest-memory accuracy of the visual tokens on `n` fresh scenes (seed 777; even
     ones by the numpy renderer that training never sees, odd ones by PIL)."""
-    rng = random.Random(777)
-    xs, scenes = [], []
-    for i in range(n):
-        sc = D.sample_scene(rng)
-        img = D.render_pil(sc, rng) if i % 2 else D.render_numpy(sc, rng, 224)
-        xs.append(D.clip_preprocess(img, CLIP["res"]))
-        scenes.append(sc)
+    x, scenes = heldout_pictures(n, 777)
     with torch.no_grad():
-        vq = vis(vit(torch.from_numpy(np.stack(xs))).half().float())
+        vq = vis(vit(x).half().float())
     _, y = code.targets(scenes)
     return {"all": code.score(vq, y), "numpy": code.score(vq[0::2], y[0::2]), "pil": code.score(vq[1::2], y[1::2])}
 
