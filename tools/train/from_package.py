@@ -71,18 +71,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--package", default=os.path.join(T.REPO, "www", "models", "default", "base"))
     ap.add_argument("--out", required=True)
-    # the shipped fifth model's stage records (tools/train/README.md, "Wall time")
+    # the shipped seventh model's stage records (tools/train/README.md, "Wall time")
     ap.add_argument("--lm-steps", type=int, default=13474)
     ap.add_argument("--lm-wall", type=float, default=6792)
     ap.add_argument("--lm-loss", type=float, default=0.286)
-    ap.add_argument("--clip-steps", type=int, default=15239)
-    ap.add_argument("--clip-wall", type=float, default=6863)
+    ap.add_argument("--clip-steps", type=int, default=23514)
+    ap.add_argument("--clip-wall", type=float, default=9572)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     man, w = read_package(args.package)
     clip_cfg = man["config"]["clip"]
     if clip_cfg["heads"] != T.CLIP["heads"] or clip_cfg["width"] != T.CLIP["width"]:
         sys.exit(f"package CLIP {clip_cfg} does not match train.py's {T.CLIP}")
+    # input size and patch come from the package (64 / 8 up to the sixth model, 128 / 16 after)
+    T.CLIP["res"], T.CLIP["patch"] = clip_cfg["image_size"], clip_cfg["patch"]
     vpath = os.path.join(args.out, "vocab.json")
     tok = T.Tok(json.load(open(vpath))) if os.path.exists(vpath) else T.Tok()
     json.dump(tok.ids, open(vpath, "w"))

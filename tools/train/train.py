@@ -52,7 +52,10 @@ LLAMA = dict(dim=96, multiple_of=32, n_heads=4, n_layers=6, norm_eps=1e-05, voca
 # 64 px, ~900 steps) 8 heads alone gave no clear gain (66.4 %; 2 heads 66.6 % at 1,000 steps) but
 # 71.4 % with a supervised per-patch type target, which the dense phrase term below stands in for.
 # Exported as `vision_heads` in clip.pth for the converter.
-CLIP = dict(width=128, layers=3, heads=8, patch=8, res=64, out=128, text_width=128, text_layers=2)
+# Input 128 px with patch 16 (the same 8 x 8 grid as the 64 px / patch 8 of models one to six): the
+# seventh model's CLIP was widened from 64 px (widen_patches) and held-out type errors on the
+# smallest shapes fell from 12.9 to 5.3 % (tools/train/README.md, Findings 12).
+CLIP = dict(width=128, layers=3, heads=8, patch=16, res=128, out=128, text_width=128, text_layers=2)
 # v_depth 4: in stage 3a, held-out scenes written exactly 81.8 % with 4 visual blocks against ~77 %
 # with 2 (tools/train/README.md, Findings 10).
 ADAPTER = dict(w_bias=True, w_lora=False, lora_rank=16, fusion="early_prefix", early_layers=3, w_scale=True,
@@ -492,7 +495,7 @@ def stage_clip(args, tok, pool, out):
     else:  # continue an earlier CLIP run (both towers and the temperature, or the ViT alone)
         prev = torch.load(args.clip_init, weights_only=False)
         check_clip_heads(prev, args.clip_init)
-        vit.load_state_dict(prev["sd"])
+        vit.load_state_dict(widen_patches(prev["sd"], CLIP["patch"]))
         if "txt" in prev:
             txt.load_state_dict(prev["txt"])
             scale.data.fill_(prev["scale"])
@@ -636,6 +639,23 @@ def pool_patch_labels(pool):
         pool["patch_labels"] = torch.stack([patch_phrase_labels(sc) for sc in pool["scenes"]])
         log(f"[clip] patch labels of {len(pool['scenes'])} scenes in {time.time() - t0:.0f}s")
     return pool["patch_labels"]
+
+
+def widen_patches(sd, patch):
+    """A ViT state dict with patch p, for a ViT with patch k*p on k times the input size (the same
+    patch grid, so every other tensor keeps its shape): each weight of the p x p kernel is spread
+    over its k x k block and divided by k², so the wider ViT on a picture computes exactly what the
+    old one computes on that picture averaged down by k. Continuing CLIP training from there
+    starts at the old features and can learn the detail the finer pixels add."""
+    w = sd["conv1.weight"]
+    if w.shape[-1] == patch:
+        return sd
+    k = patch // w.shape[-1]
+    assert k * w.shape[-1] == patch, f"patch {w.shape[-1]} does not divide {patch}"
+    sd = dict(sd)
+    sd["conv1.weight"] = w.repeat_interleave(k, 2).repeat_interleave(k, 3) / (k * k)
+    log(f"[clip] conv1 widened from patch {w.shape[-1]} to {patch} (input x{k})")
+    return sd
 
 
 @torch.no_grad()
@@ -801,6 +821,11 @@ def stage_visual(args, tok, lm_st, vit, feats, scenes, out):
     code = SlotCode(lm, tok)
     mem, y = code.targets(scenes)
     vis = Visual(CLIP["out"], LLAMA["dim"], ADAPTER)
+    prev = {"wall_s": 0.0, "steps": 0}
+    if args.distill_init:  # continue an earlier stage 3a on the same LM and CLIP: fresh warm-up + cosine
+        prev = torch.load(args.distill_init, weights_only=False)
+        vis.load_state_dict(prev["vis"])
+        log(f"[visual] continuing {args.distill_init}: {prev['steps']} steps, {prev['wall_s']:.0f}s so far")
     opt = adamw(list(vis.parameters()), 0.02)
     bud = Budget([opt], [args.lr_distill], args.distill_min, warm=100)
     t0, ema, N = time.time(), None, len(scenes)
@@ -816,8 +841,8 @@ def stage_visual(args, tok, lm_st, vit, feats, scenes, out):
         if bud.step % 250 == 0:
             log(f"[visual] step {bud.step}/{bud.total} loss {ema:.4f}")
     vis.eval()
-    st = {"vis": vis.state_dict(), "wall_s": time.time() - t0, "steps": bud.step, "final_loss": ema,
-          "probe": slot_probe(vit, vis, code)}
+    st = {"vis": vis.state_dict(), "wall_s": prev["wall_s"] + time.time() - t0, "steps": prev["steps"] + bud.step,
+          "final_loss": ema, "probe": slot_probe(vit, vis, code)}
     torch.save(st, path)
     log(f"[visual] done {st['steps']} steps, {st['wall_s']:.0f}s, loss {ema:.4f}, held-out {st['probe']}")
     return st
@@ -1016,8 +1041,12 @@ def main():
     ap.add_argument("--clip-min", type=float, default=90)
     ap.add_argument("--adapt-min", type=float, default=30)
     ap.add_argument("--pool", type=int, default=24000)
-    ap.add_argument("--geo-jitter", action="store_true", help="pools draw every star and cross with its own "
-                    "proportions (data.jitter_geometry); experimental, not in the shipped model")
+    ap.add_argument("--clip-res", type=int, default=CLIP["res"], help="CLIP input size in pixels")
+    ap.add_argument("--clip-patch", type=int, default=CLIP["patch"], help="CLIP patch size; with --clip-init "
+                    "from a ViT of a smaller patch on the same grid its patch embedding is widened (widen_patches)")
+    ap.add_argument("--geo-jitter", action=argparse.BooleanOptionalAction, default=True,
+                    help="pools draw every star and cross with its own proportions (data.jitter_geometry; "
+                    "from the seventh model on)")
     ap.add_argument("--lm-bs", type=int, default=48)
     ap.add_argument("--clip-bs", type=int, default=64)
     ap.add_argument("--clip-hard", type=int, default=3)
@@ -1031,6 +1060,8 @@ def main():
                     "seed) for stages 3a and 4, beside the CLIP pool: the visual branch overfits 24,000")
     ap.add_argument("--distill-min", type=float, default=20, help="stage 3a (visual branch -> prefix-memory "
                     "code) budget in minutes; 0 skips it")
+    ap.add_argument("--distill-init", default="", help="a stage3a_visual.pt to continue (same LM and CLIP); "
+                    "wall time and steps add up")
     ap.add_argument("--distill-bs", type=int, default=128)
     ap.add_argument("--lr-distill", type=float, default=1e-3)
     ap.add_argument("--v-depth", type=int, default=ADAPTER["v_depth"], help="visual blocks of the adapter "
@@ -1050,6 +1081,7 @@ def main():
                     "the two are independent, so on two cores they can run as two processes at once")
     args = ap.parse_args()
     ADAPTER["v_depth"] = args.v_depth
+    CLIP["res"], CLIP["patch"] = args.clip_res, args.clip_patch
     os.makedirs(args.out, exist_ok=True)
     T0 = time.time()
     vpath = os.path.join(args.out, "vocab.json")
