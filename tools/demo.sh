@@ -2,9 +2,9 @@
 # The main job: set up, then answer an instruction about an example picture
 # with the embedded default model (www/models/default), on the GPU.
 #
-# The default model is a small demonstration trained here (tools/train); it
-# counts the shapes and reads most colours but not yet shape types (README,
-# "Default model"), so expect fluent, often wrong captions. Extra arguments go to
+# The default model is a small demonstration trained here (tools/train); held
+# out, it captions 86.5 % of pictures exactly and answers 89-94 % of the colour,
+# count and presence questions (README, "Default model"). Extra arguments go to
 # `generate`, e.g.: bash tools/demo.sh --prompt "How many shapes are there?"
 set -euo pipefail
 cd "$(dirname "$0")/.."
