@@ -432,7 +432,11 @@ def stage_pool(args, out, name="pool.pt", n=None, seed=12345):
     (eval.py, slot_probe, clip_probe)."""
     path = os.path.join(out, name)
     if os.path.exists(path):
-        return torch.load(path, weights_only=False)
+        st = torch.load(path, weights_only=False)
+        if st["imgs"].shape[1] != CLIP["res"]:
+            sys.exit(f"{path} holds {st['imgs'].shape[1]} px pictures, the CLIP input is {CLIP['res']} px "
+                     f"(--clip-res): move it away to render the pool again")
+        return st
     n = args.pool if n is None else n
     t0 = time.time()
     rng = random.Random(seed)
