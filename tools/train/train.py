@@ -680,7 +680,6 @@ def init_patch_embedding(vit, x):
     w.copy_(new.view_as(w))
 
 
-@torch.no_grad()
 def heldout_pictures(n, seed):
     """`n` fresh scenes from `seed` (never a training seed) as normalised CLIP input [n, 3, R, R]:
     even ones drawn by the numpy renderer that training never sees, odd ones by PIL."""
@@ -694,6 +693,7 @@ def heldout_pictures(n, seed):
     return torch.from_numpy(np.stack(xs)), scenes
 
 
+@torch.no_grad()
 def clip_probe(clip_st, n=1500, n_train=1200):
     """What the frozen CLIP features know, before stage 4 uses them: ridge probes on the CLS
     feature of `n` fresh pictures (seed 555, half of them by the numpy renderer that training never
