@@ -3,7 +3,7 @@
 # with the embedded default model (www/models/default), on the GPU.
 #
 # The default model is a small demonstration trained here (tools/train); held
-# out, it captions 86.5 % of pictures exactly and answers 89-94 % of the colour,
+# out, it captions 85.5 % of pictures exactly and answers 97-99 % of the colour,
 # count and presence questions (README, "Default model"). Extra arguments go to
 # `generate`, e.g.: bash tools/demo.sh --prompt "How many shapes are there?"
 set -euo pipefail
