@@ -762,6 +762,11 @@ def img_example(rng, scene):
     return qs[k]
 
 
+def scene_question_batch(tok, rng, scenes):
+    """(ids, answer mask) of one image question per scene, drawn by `img_example`."""
+    return collate([example_ids(tok, D.format_prompt(q), a) for q, a in (img_example(rng, sc) for sc in scenes)])
+
+
 # ---- slot code: what the visual tokens should say (memory distillation) ----------------------
 
 
@@ -922,8 +927,7 @@ def stage_adapt(args, tok, lm_st, vit, feats, scenes, vis_st, out):
     while bud.next():
         # image-text data -> visual branch + early visual gates only
         idx = [rng.randrange(N) for _ in range(args.img_bs)]
-        ids, m = collate([example_ids(tok, D.format_prompt(q), a) for q, a in
-                          (img_example(rng, scenes[i]) for i in idx)])
+        ids, m = scene_question_batch(tok, rng, [scenes[i] for i in idx])
         vq = vis(feats[idx].float())
         li = lm.loss(ids, m, vq)
         loss_v = li
@@ -947,7 +951,7 @@ def stage_adapt(args, tok, lm_st, vit, feats, scenes, vis_st, out):
             # "What is ...?" questions pull "What colour is the hexagon?" towards answers like "7."
             # (the seventh model answered 11 of 200 held-out colour questions off-type).
             scs = [D.sample_scene(rng) for _ in range(args.txt_mem)]
-            ids, m = collate([example_ids(tok, D.format_prompt(q), a) for q, a in (img_example(rng, sc) for sc in scs)])
+            ids, m = scene_question_batch(tok, rng, scs)
             lq = lm.loss(ids, m, None, lm.memory(tok, scs).detach())
             loss_l = (args.txt_bs * lt + args.txt_mem * lq) / (args.txt_bs + args.txt_mem)
         gl = torch.autograd.grad(loss_l, g_late, allow_unused=True)
