@@ -151,10 +151,10 @@ pub fn host_copy_bandwidth() -> f64 {
 
 use std::rc::Rc;
 
-use crate::format::package::{sha256_hex, LoadedPackage, PackageKind, PackageWriter};
+use crate::format::package::{sha256_hex, PackageKind, PackageWriter};
 use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, LlamaConfig, ModelConfig};
 use crate::model::weights::{adapter_specs, base_specs};
-use crate::model::{Model, ModelError};
+use crate::model::{MemorySource, Model, ModelError};
 
 /// The shape of a benchmark model.
 #[derive(Debug, Clone)]
@@ -222,13 +222,21 @@ fn bench_tokenizer(vocab: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Builds a seeded random model of this shape in memory and uploads it.
-pub fn random_model(ctx: Rc<GpuContext>, shape: &BenchShape, seed: u64) -> Result<Model, ModelError> {
+/// A package in memory: manifest.json bytes and (file name, bytes) shards.
+pub struct MemoryPackage {
+    pub manifest_json: Vec<u8>,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Seeded random base and adapter packages of this shape (the tokenizer is a
+/// word-level one of `vocab` entries, `tokenizer.json` in the base).
+pub fn random_packages(shape: &BenchShape, seed: u64, shard_bytes: u64) -> Result<(MemoryPackage, MemoryPackage, Vec<u8>), ModelError> {
     let config = shape.config();
     config.validate().map_err(ModelError::BadInput)?;
+    let tokenizer = bench_tokenizer(config.llama.vocab_size);
     let mut rng = Rng::new(seed);
     let mut package = |specs: crate::model::weights::TensorSpecs, kind: PackageKind, cfg: serde_json::Value, base_sha: Option<String>| {
-        let mut w = PackageWriter::new(1 << 40, 64 << 20);
+        let mut w = PackageWriter::new(shard_bytes, 64 << 20);
         let mut names: Vec<&String> = specs.keys().collect();
         names.sort();
         for name in names {
@@ -246,8 +254,10 @@ pub fn random_model(ctx: Rc<GpuContext>, shape: &BenchShape, seed: u64) -> Resul
         }
         let (mut manifest, files) = w.finish(kind, cfg);
         manifest.base_sha256 = base_sha;
-        let text = serde_json::to_vec(&manifest).expect("manifest serialises");
-        LoadedPackage { manifest_sha256: sha256_hex(&text), manifest, shards: files.into_iter().map(|(_, b)| b).collect() }
+        if kind == PackageKind::Base {
+            manifest.tokenizer = Some(crate::format::package::FileEntry { file: "tokenizer.json".into(), bytes: tokenizer.len() as u64, sha256: sha256_hex(&tokenizer) });
+        }
+        MemoryPackage { manifest_json: serde_json::to_vec_pretty(&manifest).expect("manifest serialises"), files }
     };
     let base = package(
         base_specs(&config.llama, &config.clip),
@@ -255,13 +265,45 @@ pub fn random_model(ctx: Rc<GpuContext>, shape: &BenchShape, seed: u64) -> Resul
         serde_json::json!({"llama": config.llama, "clip": config.clip}),
         None,
     );
+    let base_sha = sha256_hex(&base.manifest_json);
     let adapter = package(
         adapter_specs(&config.llama, &config.clip, &config.adapter),
         PackageKind::Adapter,
         serde_json::json!({"adapter": config.adapter}),
-        Some(base.manifest_sha256.clone()),
+        Some(base_sha),
     );
-    Model::from_packages(ctx, &base, &adapter, &bench_tokenizer(config.llama.vocab_size))
+    Ok((base, adapter, tokenizer))
+}
+
+/// Writes [`random_packages`] to `dir/base` and `dir/adapter` (the browser bench's model).
+pub fn write_random_packages(dir: &std::path::Path, shape: &BenchShape, seed: u64, shard_bytes: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let (base, adapter, tokenizer) = random_packages(shape, seed, shard_bytes)?;
+    for (sub, p) in [("base", &base), ("adapter", &adapter)] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("manifest.json"), &p.manifest_json)?;
+        for (name, bytes) in &p.files {
+            std::fs::write(d.join(name), bytes)?;
+        }
+    }
+    std::fs::write(dir.join("base").join("tokenizer.json"), tokenizer)?;
+    Ok(())
+}
+
+/// Builds a seeded random model of this shape in memory and uploads it
+/// through the same loader as a real package.
+pub fn random_model(ctx: Rc<GpuContext>, shape: &BenchShape, seed: u64) -> Result<Model, ModelError> {
+    let (base, adapter, tokenizer) = random_packages(shape, seed, 1 << 30)?;
+    let shards = |p: MemoryPackage| MemorySource(p.files.into_iter().map(|(_, b)| b).collect());
+    let (base_json, adapter_json) = (base.manifest_json.clone(), adapter.manifest_json.clone());
+    pollster::block_on(Model::load(
+        ctx,
+        ("bench base", &base_json),
+        &mut shards(base),
+        &tokenizer,
+        ("bench adapter", &adapter_json),
+        &mut shards(adapter),
+    ))
 }
 
 /// What `bench model` measures.

@@ -138,14 +138,30 @@ pub fn clip_preprocess_image(img: &RgbImage, size: u32, order: ChannelOrder) -> 
         "clip_preprocess_image: {w}x{h} image, size {size}"
     );
 
+    clip_normalize(&clip_crop(img, size), order)
+}
+
+/// CLIP's resize (shorter side to `size`, bicubic as Pillow) and centre crop:
+/// a `size`×`size` RGB image. The browser keeps this per picture, so that an
+/// adapter with another channel order can re-normalise it.
+///
+/// # Panics
+/// If `size` or a side of `img` is zero.
+pub fn clip_crop(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    assert!(w > 0 && h > 0 && size > 0, "clip_crop: {w}x{h} image, size {size}");
     let (new_w, new_h) = short_side_size(w, h, size);
     let top = center_offset(new_h, size);
     let left = center_offset(new_w, size);
     // Only the centre crop of the resized image is computed: the same pixels,
     // without materialising the whole resize (which, for a 1x100000 image,
     // would be 224x22400000).
-    let crop = resize_window(img, new_w, new_h, left..left + size, top..top + size);
+    resize_window(img, new_w, new_h, left..left + size, top..top + size)
+}
 
+/// CLIP's normalisation of a square crop: CHW f32 planes in `order`.
+pub fn clip_normalize(crop: &RgbImage, order: ChannelOrder) -> Vec<f32> {
+    let size = crop.width();
     // Which source channel feeds each output plane.
     let source_channel: [usize; 3] = match order {
         ChannelOrder::Rgb => [0, 1, 2],

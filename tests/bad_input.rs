@@ -153,10 +153,10 @@ fn empty_prompt_and_prompt_over_the_context() {
     let vision = model.encode_image(&image).unwrap();
     let prefixes = model.prepare_image(&vision).unwrap();
     let opts = GenerateOptions { max_new_tokens: 8, temperature: 0.0, ..Default::default() };
-    let e = model.generate_blocking(&prefixes, &[1], &opts, &mut |_, _| {}).err().unwrap();
+    let e = model.generate_blocking(&prefixes, &[1], &opts, &mut |_, _| true).err().unwrap();
     assert!(matches!(e, ModelError::BadInput(_)) && e.to_string().contains("empty"), "{e}");
     let long: Vec<u32> = std::iter::once(1).chain(std::iter::repeat(450).take(510)).collect();
-    let e = model.generate_blocking(&prefixes, &long, &opts, &mut |_, _| {}).err().unwrap();
+    let e = model.generate_blocking(&prefixes, &long, &opts, &mut |_, _| true).err().unwrap();
     assert!(matches!(e, ModelError::ContextOverflow { prompt: 511, new: 8, context: 512 }), "{e}");
     assert!(e.to_string().contains("exceed the model's context of 512"), "{e}");
     // A wrongly sized image tensor and an out-of-vocabulary token.

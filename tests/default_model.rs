@@ -31,8 +31,8 @@ fn default_model_answers_like_pytorch() {
         model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap()
     };
     let prefixes = image_prefixes(&Path::new(DIR).join("examples/shapes-1.png"));
-    let ids = model.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
-    let caption = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {}).unwrap();
+    let ids = model.base.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
+    let caption = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).unwrap();
     assert!(caption.text.starts_with('A') && caption.text.ends_with('.'), "{:?}", caption.text);
 
     // Every question about the first three held-out pictures.
@@ -41,8 +41,8 @@ fn default_model_answers_like_pytorch() {
     for item in doc["images"].as_array().unwrap().iter().take(3) {
         let prefixes = image_prefixes(&Path::new(DIR).join("eval").join(item["image"].as_str().unwrap()));
         for q in item["questions"].as_array().unwrap() {
-            let ids = model.tokenizer.encode_prompt(&format_prompt(q["instruction"].as_str().unwrap(), None)).unwrap();
-            let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {}).unwrap();
+            let ids = model.base.tokenizer.encode_prompt(&format_prompt(q["instruction"].as_str().unwrap(), None)).unwrap();
+            let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).unwrap();
             assert_eq!(got.text.trim(), q["torch_answer"].as_str().unwrap().trim(), "{}: {}", item["image"], q["instruction"]);
             compared_image += 1;
         }
@@ -53,8 +53,8 @@ fn default_model_answers_like_pytorch() {
     let zero = model.prepare_image(&model.encode_image(&vec![0.0; 3 * size * size]).unwrap()).unwrap();
     let mut compared = 0;
     for q in doc["text"].as_array().unwrap().iter().take(20) {
-        let ids = model.tokenizer.encode_prompt(&format_prompt(q["instruction"].as_str().unwrap(), None)).unwrap();
-        let got = model.generate_blocking(&zero, &ids, &opts, &mut |_, _| {}).unwrap();
+        let ids = model.base.tokenizer.encode_prompt(&format_prompt(q["instruction"].as_str().unwrap(), None)).unwrap();
+        let got = model.generate_blocking(&zero, &ids, &opts, &mut |_, _| true).unwrap();
         assert_eq!(got.text.trim(), q["torch_answer"].as_str().unwrap().trim(), "{}", q["instruction"]);
         compared += 1;
     }

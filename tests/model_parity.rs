@@ -53,7 +53,7 @@ fn run_parity(name: &str, quant: QuantFormat) -> Parity {
     let prompt: Vec<u32> = greedy["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     // The engine's tokenizer must give the reference's prompt ids.
     let text = greedy["prompt_text"].as_str().unwrap();
-    assert_eq!(model.tokenizer.encode_prompt(text).unwrap(), prompt, "prompt ids");
+    assert_eq!(model.base.tokenizer.encode_prompt(text).unwrap(), prompt, "prompt ids");
 
     let prefixes = model.prepare_image(&vision).unwrap();
     let out = model.forward(&prompt, 0, &prefixes, true).unwrap();

@@ -13,7 +13,7 @@ use llama_adapter_web::model::generate::GenerateOptions;
 use llama_adapter_web::model::Model;
 use llama_adapter_web::text::prompt::format_prompt;
 
-use llama_adapter_web::bench::{bench_matmul, bench_model, host_copy_bandwidth, BenchShape};
+use llama_adapter_web::bench::{bench_matmul, bench_model, host_copy_bandwidth, write_random_packages, BenchShape};
 use llama_adapter_web::format::quant::QuantFormat;
 use llama_adapter_web::gpu::{GpuContext, GpuOptions};
 use llama_adapter_web::kernels::matmul::MatmulShape;
@@ -74,6 +74,30 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Write the `bench model` random model as base + adapter packages (for the browser bench page).
+    WriteModel {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        #[arg(long, default_value_t = 8)]
+        layers: usize,
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        #[arg(long, default_value_t = 1376)]
+        ffn: usize,
+        #[arg(long, default_value_t = 32000)]
+        vocab: usize,
+        #[arg(long, default_value = "q4")]
+        quant: String,
+        #[arg(long, default_value_t = 256)]
+        clip_width: usize,
+        #[arg(long, default_value_t = 4)]
+        clip_layers: usize,
+        /// Largest shard file, in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        shard_bytes: u64,
+    },
     /// Matmul GEMV at the 7B shapes in every format (GB/s of weights) and GEMM (FLOP/s).
     Kernels {
         /// Dispatches per timed pass.
@@ -126,6 +150,9 @@ struct ConvertArgs {
     /// No per-tensor progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Largest shard file, in bytes (the browser fetches and caches shard by shard).
+    #[arg(long, default_value_t = 64 << 20)]
+    shard_bytes: u64,
 }
 
 #[derive(clap::Args)]
@@ -194,7 +221,7 @@ fn run_convert(a: ConvertArgs) -> Result<(), Box<dyn std::error::Error>> {
         "rgb" => ChannelOrder::Rgb,
         other => return Err(format!("unknown --channel-order {other:?} (expected bgr or rgb)").into()),
     };
-    let opts = ConvertOptions { quant, v_num_heads: a.v_num_heads, max_seq_len: a.max_seq_len, rope_theta: a.rope_theta, channel_order, progress: !a.quiet, ..Default::default() };
+    let opts = ConvertOptions { quant, v_num_heads: a.v_num_heads, max_seq_len: a.max_seq_len, rope_theta: a.rope_theta, channel_order, progress: !a.quiet, shard_bytes: a.shard_bytes.max(1), ..Default::default() };
     let start = Instant::now();
     eprintln!("converting (weights in {}, norms/biases/gates/prompts in f32)…", quant.name());
     let report = convert(&a.llama_dir, &a.clip, &a.adapter, &a.out, &opts)?;
@@ -233,7 +260,7 @@ fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::err
     model.ctx.wait_idle()?;
     let vision_ms = t.elapsed().as_secs_f64() * 1e3;
     let prompt = format_prompt(&a.prompt, a.input.as_deref());
-    let prompt_ids = model.tokenizer.encode_prompt(&prompt)?;
+    let prompt_ids = model.base.tokenizer.encode_prompt(&prompt)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -249,6 +276,7 @@ fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::err
             let _ = write!(stdout, "{piece}");
             let _ = stdout.flush();
         }
+        true
     })?;
     if let Some(path) = &a.dump_logits {
         let bytes: Vec<u8> = result.logits.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
@@ -328,8 +356,8 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
         let prefixes = model.prepare_image(&vision)?;
         for q in questions {
             let prompt = format_prompt(q["instruction"].as_str().unwrap_or(""), None);
-            let ids = model.tokenizer.encode_prompt(&prompt)?;
-            let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {})?;
+            let ids = model.base.tokenizer.encode_prompt(&prompt)?;
+            let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true)?;
             score(split, q, &got.text, stats);
         }
         Ok(())
@@ -364,9 +392,16 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    // Conversion needs no GPU.
+    // Conversion and package writing need no GPU.
     let command = match cli.command {
         Command::Convert(a) => return run_convert(a),
+        Command::Bench { what: BenchWhat::WriteModel { out, dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, shard_bytes } } => {
+            let quant = QuantFormat::parse(&quant).ok_or_else(|| format!("unknown --quant {quant:?}"))?;
+            let shape = BenchShape { dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, max_seq_len: 512 };
+            write_random_packages(&out, &shape, 7, shard_bytes.max(1))?;
+            println!("wrote {}/base and {}/adapter (the `bench model` random model, seed 7)", out.display(), out.display());
+            return Ok(());
+        }
         other => other,
     };
     let ctx = GpuContext::new_blocking(GpuOptions::from_env())?;
@@ -401,6 +436,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("GPU memory: weights + KV cache {:.1} MB, activations ≈ {:.1} MB", f.gpu_weight_and_cache_bytes as f64 / 1e6, f.activation_bytes as f64 / 1e6);
             }
         }
+        Command::Bench { what: BenchWhat::WriteModel { .. } } => unreachable!("handled before the GPU opens"),
         Command::Bench { what: BenchWhat::Kernels { reps, formats, gemm_rows, no_gemm, shape } } => {
             let shape = match shape.as_str() {
                 "auto" => MatmulShape::Auto,

@@ -36,6 +36,18 @@ pub enum GpuError {
     InvalidArgument(String),
 }
 
+impl GpuError {
+    /// The error's code in the JS API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GpuError::NoAdapter(_) | GpuError::RequestDevice(_) => "no-webgpu",
+            GpuError::DeviceLost(_) => "device-lost",
+            GpuError::OutOfMemory(_) | GpuError::BindingTooLarge { .. } => "does-not-fit",
+            GpuError::Validation(_) | GpuError::Readback(_) | GpuError::InvalidArgument(_) => "internal",
+        }
+    }
+}
+
 /// What the chosen adapter is and what it can do, as far as the kernels care.
 #[derive(Debug, Clone)]
 pub struct GpuInfo {

@@ -60,7 +60,10 @@ impl StagingReader {
         ctx.check()?;
         match mapped {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(GpuError::Readback(e.to_string())),
+            // Our staging buffers are never destroyed or mapped twice, so a
+            // failed map means the device went away (on the web the lost
+            // callback may arrive only after this).
+            Ok(Err(e)) => return Err(GpuError::DeviceLost(format!("a readback could not be mapped: {e}"))),
             Err(_) => return Err(GpuError::DeviceLost("the readback was cancelled".into())),
         }
         let out = {

@@ -21,6 +21,33 @@ impl LlamaConfig {
         self.dim / self.n_heads
     }
 
+    /// Checks the sizes a manifest gives, before anything is allocated from them.
+    /// The bounds are far above any LLaMA (7B: dim 4096, 32 layers) and keep
+    /// every byte count the loader computes well inside u64.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (name, value, max) in [
+            ("dim", self.dim, 1 << 16),
+            ("n_layers", self.n_layers, 1 << 10),
+            ("n_heads", self.n_heads, 1 << 10),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("ffn_hidden", self.ffn_hidden, 1 << 18),
+            ("max_seq_len", self.max_seq_len, 1 << 27),
+        ] {
+            if value == 0 || value > max {
+                problems.push(format!("{name} {value} must be between 1 and {max}"));
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite() && self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            problems.push(format!("norm_eps {} and rope_theta {} must be positive", self.norm_eps, self.rope_theta));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// FFN width from `dim` the way LLaMA computes it.
     pub fn ffn_hidden_for(dim: usize, multiple_of: usize) -> usize {
         let hidden = 2 * (4 * dim) / 3;
@@ -44,6 +71,28 @@ impl ClipConfig {
     pub fn grid(&self) -> usize {
         self.image_size / self.patch
     }
+    /// Checks the sizes a manifest gives (see [`LlamaConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (name, value, max) in [
+            ("width", self.width, 1 << 14),
+            ("layers", self.layers, 1 << 8),
+            ("heads", self.heads, 1 << 8),
+            ("patch", self.patch, 1 << 8),
+            ("image_size", self.image_size, 1 << 12),
+            ("embed_dim", self.embed_dim, 1 << 14),
+        ] {
+            if value == 0 || value > max {
+                problems.push(format!("CLIP {name} {value} must be between 1 and {max}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// Patches plus the class token.
     pub fn tokens(&self) -> usize {
         self.grid() * self.grid() + 1
@@ -105,7 +154,20 @@ impl ModelConfig {
         let l = &self.llama;
         let a = &self.adapter;
         let c = &self.clip;
+        l.validate()?;
+        c.validate()?;
         let mut problems = Vec::new();
+        for (name, value, max) in [
+            ("query_len", a.query_len, 1 << 12),
+            ("v_embed_dim", a.v_embed_dim, 1 << 14),
+            ("v_depth", a.v_depth, 1 << 8),
+            ("v_mlp_hidden", a.v_mlp_hidden, 1 << 16),
+            ("lora_rank", a.lora_rank, 1 << 12),
+        ] {
+            if value > max || (value == 0 && name != "v_depth" && name != "lora_rank") {
+                problems.push(format!("adapter {name} {value} must be between 1 and {max}"));
+            }
+        }
         if l.dim == 0 || l.n_heads == 0 || l.dim % l.n_heads != 0 {
             problems.push(format!("dim {} is not a multiple of n_heads {}", l.dim, l.n_heads));
         } else if l.head_dim() % 2 != 0 || l.head_dim() > 256 {

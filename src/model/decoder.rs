@@ -41,6 +41,9 @@ pub struct LayerPrefix {
 /// Per-layer prefixes for one image (None: no adapter in that layer).
 pub struct ImagePrefixes {
     pub layers: Vec<Option<LayerPrefix>>,
+    /// The adapter that made them ([`super::AdapterModel::id`]): prefixes
+    /// come from the adapter's visual branch, prompts and wk/wv scales.
+    pub adapter_id: u64,
 }
 
 /// What `forward` returns on the GPU.
@@ -61,16 +64,16 @@ impl Model {
             let short = name.rsplit('.').next().unwrap();
             let group = name.split('.').next().unwrap();
             Some((
-                self.adapter.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l1.weight"))?,
-                self.adapter.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l2.weight"))?,
+                self.adapter.weights.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l1.weight"))?,
+                self.adapter.weights.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l2.weight"))?,
             ))
         } else {
             None
         };
         Ok(Linear {
-            weight: self.base.matrix(&format!("layers.{l}.{name}.weight"))?,
-            bias: if a.w_bias && BIASED.contains(&name) { Some(self.adapter.vector(&format!("{p}.bias"))?) } else { None },
-            scale: self.adapter.optional_vector(&format!("{p}.scale")),
+            weight: self.base.weights.matrix(&format!("layers.{l}.{name}.weight"))?,
+            bias: if a.w_bias && BIASED.contains(&name) { Some(self.adapter.weights.vector(&format!("{p}.bias"))?) } else { None },
+            scale: self.adapter.weights.optional_vector(&format!("{p}.scale")),
             lora,
         })
     }
@@ -84,7 +87,7 @@ impl Model {
         let a = &self.config.adapter;
         let q = a.query_len;
         let first_late = n - a.query_layer;
-        let prompts = self.adapter.f32_buffer("adapter_query.weight")?;
+        let prompts = self.adapter.weights.f32_buffer("adapter_query.weight")?;
         let mut d: Vec<Dispatch> = Vec::new();
         let mut layers = Vec::with_capacity(n);
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -118,7 +121,7 @@ impl Model {
         }
         ctx.queue.submit([encoder.finish()]);
         self.run(&d)?;
-        Ok(ImagePrefixes { layers })
+        Ok(ImagePrefixes { layers, adapter_id: self.adapter.id })
     }
 
     /// Runs the decoder over `tokens` at absolute positions `start_pos..`,
@@ -142,6 +145,9 @@ impl Model {
         if start_pos + s > cfg.max_seq_len {
             return Err(ModelError::ContextOverflow { prompt: start_pos, new: s, context: cfg.max_seq_len });
         }
+        if image.adapter_id != self.adapter.id {
+            return Err(ModelError::BadInput("these image prefixes were made by another adapter; encode the image again".into()));
+        }
         if let Some(t) = tokens.iter().find(|t| **t as usize >= cfg.vocab_size) {
             return Err(ModelError::BadInput(format!("token id {t} is outside the vocabulary of {}", cfg.vocab_size)));
         }
@@ -154,24 +160,24 @@ impl Model {
         let a1 = ctx.activations("w1", (s * f * 4) as u64);
         let a3 = ctx.activations("w3", (s * f * 4) as u64);
         let gated = ctx.activations("silu gate", (s * f * 4) as u64);
-        d.extend(embedding(ctx, self.base.matrix("tok_embeddings.weight")?, &token_buf, s, &h, 0)?);
+        d.extend(embedding(ctx, self.base.weights.matrix("tok_embeddings.weight")?, &token_buf, s, &h, 0)?);
 
         let head_dim = cfg.head_dim();
         for l in 0..cfg.n_layers {
             let p = format!("llama.layers.{l}");
-            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.vector(&format!("{p}.attention_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
+            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.weights.vector(&format!("{p}.attention_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
             d.extend(self.linear(&self.decoder_linear(l, "attention.wq")?, &xn, 0, s, &q, dim, false)?);
-            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wk")?, &xn, 0, s, &self.cache_k[l], start_pos * dim, dim, false)?);
-            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wv")?, &xn, 0, s, &self.cache_v[l], start_pos * dim, dim, false)?);
-            d.push(rope(ctx, &self.rope, &RopeArgs { data: &q, rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: 0, start_pos })?);
-            d.push(rope(ctx, &self.rope, &RopeArgs { data: &self.cache_k[l], rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: start_pos * dim, start_pos })?);
+            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wk")?, &xn, 0, s, &self.session.cache_k[l], start_pos * dim, dim, false)?);
+            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wv")?, &xn, 0, s, &self.session.cache_v[l], start_pos * dim, dim, false)?);
+            d.push(rope(ctx, &self.base.rope, &RopeArgs { data: &q, rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: 0, start_pos })?);
+            d.push(rope(ctx, &self.base.rope, &RopeArgs { data: &self.session.cache_k[l], rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: start_pos * dim, start_pos })?);
             let prefix = match &image.layers[l] {
                 Some(lp) => Some(Prefix {
                     keys: Rows { buffer: &lp.keys, offset: 0, stride: dim },
                     values: Rows { buffer: &lp.values, offset: 0, stride: dim },
                     len: self.config.adapter.query_len,
-                    gate: self.adapter.vector(&lp.gate_name)?,
-                    new_gate: self.new_gates[l],
+                    gate: self.adapter.weights.vector(&lp.gate_name)?,
+                    new_gate: self.adapter.new_gates[l],
                 }),
                 None => None,
             };
@@ -179,8 +185,8 @@ impl Model {
                 ctx,
                 &DecoderAttention {
                     q: Rows { buffer: &q, offset: 0, stride: dim },
-                    keys: Rows { buffer: &self.cache_k[l], offset: 0, stride: dim },
-                    values: Rows { buffer: &self.cache_v[l], offset: 0, stride: dim },
+                    keys: Rows { buffer: &self.session.cache_k[l], offset: 0, stride: dim },
+                    values: Rows { buffer: &self.session.cache_v[l], offset: 0, stride: dim },
                     prefix,
                     out: Rows { buffer: &att, offset: 0, stride: dim },
                     n_queries: s,
@@ -190,7 +196,7 @@ impl Model {
                 },
             )?);
             d.extend(self.linear(&self.decoder_linear(l, "attention.wo")?, &att, 0, s, &h, dim, true)?);
-            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.vector(&format!("{p}.ffn_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
+            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.weights.vector(&format!("{p}.ffn_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
             d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w1")?, &xn, 0, s, &a1, f, false)?);
             d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w3")?, &xn, 0, s, &a3, f, false)?);
             d.push(elementwise::silu_gate(ctx, &a1, &a3, &gated, s * f)?);
@@ -199,9 +205,9 @@ impl Model {
         let rows = if all_rows { s } else { 1 };
         let first = s - rows;
         let hidden = ctx.activations("final hidden", (rows * dim * 4) as u64);
-        d.push(rmsnorm_at(ctx, &h, first * dim, self.adapter.vector("llama.norm.weight")?, &hidden, 0, rows, dim, cfg.norm_eps)?);
+        d.push(rmsnorm_at(ctx, &h, first * dim, self.adapter.weights.vector("llama.norm.weight")?, &hidden, 0, rows, dim, cfg.norm_eps)?);
         let logits = ctx.activations("logits", (rows * cfg.vocab_size * 4) as u64);
-        d.extend(self.linear(&Linear::plain(self.base.matrix("output.weight")?), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
+        d.extend(self.linear(&Linear::plain(self.base.weights.matrix("output.weight")?), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
         Ok((d, ForwardOutput { hidden, logits, rows }))
     }
 

@@ -46,6 +46,8 @@ pub struct Generation {
     pub generated_ids: Vec<u32>,
     pub text: String,
     pub stopped_at_eos: bool,
+    /// The caller's `on_token` asked to stop.
+    pub stopped: bool,
     pub timings: Timings,
     #[serde(skip)]
     pub logits: Vec<Vec<f32>>,
@@ -62,20 +64,23 @@ impl Model {
         image: &ImagePrefixes,
         prompt_ids: &[u32],
         opts: &GenerateOptions,
-        on_token: &mut dyn FnMut(u32, &str),
+        on_token: &mut dyn FnMut(u32, &str) -> bool,
     ) -> Result<Generation, ModelError> {
         pollster::block_on(self.generate(image, prompt_ids, opts, on_token))
     }
 
     /// Generates from `prompt_ids` (BOS first) for an image's prefixes.
     /// Every wait is an await on a readback, so it runs on the web too.
+    /// `on_token(id, new_text)` is called per token; returning false stops
+    /// the generation there (`Generation::stopped`).
     pub async fn generate(
         &self,
         image: &ImagePrefixes,
         prompt_ids: &[u32],
         opts: &GenerateOptions,
-        on_token: &mut dyn FnMut(u32, &str),
+        on_token: &mut dyn FnMut(u32, &str) -> bool,
     ) -> Result<Generation, ModelError> {
+        let _busy = self.session.claim()?;
         let context = self.config.llama.max_seq_len;
         if prompt_ids.len() <= 1 {
             return Err(ModelError::BadInput("the prompt is empty".into()));
@@ -92,6 +97,7 @@ impl Model {
         let mut logits_kept = Vec::new();
         let mut text = String::new();
         let mut stopped = false;
+        let mut stopped_by_caller = false;
 
         let t0 = Instant::now();
         let mut out = self.forward(prompt_ids, 0, image, false)?;
@@ -105,9 +111,13 @@ impl Model {
                 break;
             }
             generated.push(next);
-            let full = self.tokenizer.decode(&generated)?;
-            on_token(next, full.get(text.len()..).unwrap_or(""));
+            let full = self.base.tokenizer.decode(&generated)?;
+            let go_on = on_token(next, full.get(text.len()..).unwrap_or(""));
             text = full;
+            if !go_on {
+                stopped_by_caller = true;
+                break;
+            }
             if generated.len() >= opts.max_new_tokens {
                 break;
             }
@@ -122,6 +132,7 @@ impl Model {
             generated_ids: generated,
             text,
             stopped_at_eos: stopped,
+            stopped: stopped_by_caller,
             timings: Timings {
                 prefill_ms: prefill * 1e3,
                 decode_ms: decode * 1e3,

@@ -10,19 +10,21 @@
 pub mod config;
 pub mod decoder;
 pub mod generate;
+pub mod loader;
 pub mod vision;
 pub mod weights;
 
 use std::rc::Rc;
 
-use crate::format::package::{FormatError, LoadedPackage};
+use crate::format::package::{FormatError, PackageKind};
 use crate::gpu::{Dispatch, GpuContext, GpuError};
 use crate::kernels::matmul::{matmul, GpuMatrix, MatmulArgs, MatmulShape};
 use crate::kernels::rope::RopeTable;
 use crate::text::tokenizer::{Tokenizer, TokenizerError};
 
 use config::{AdapterConfig, ClipConfig, LlamaConfig, ModelConfig};
-use weights::{adapter_specs, base_specs, GpuWeights, ModelLoadError};
+use loader::{adapter_host_names, base_host_names, fit, verify_tokenizer, AdapterPlan, BasePlan, LoadError, PackagePlan, PackageUpload};
+use weights::{GpuWeights, ModelLoadError};
 
 /// Everything that can go wrong running the model.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +35,50 @@ pub enum ModelError {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    DoesNotFit(Box<loader::DoesNotFit>),
     #[error("{0}")]
     BadInput(String),
     #[error("the prompt ({prompt} tokens) plus {new} new tokens exceed the model's context of {context} tokens")]
     ContextOverflow { prompt: usize, new: usize, context: usize },
+    #[error("a generation is already running on this session; wait for it or stop it first")]
+    Busy,
+}
+
+impl ModelError {
+    /// The error's code in the JS API (`LlamaAdapterError.code`), one per
+    /// thing a person can do about it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModelError::Load(ModelLoadError::Format(f)) => format_code(f),
+            ModelError::Load(ModelLoadError::Gpu(g)) | ModelError::Gpu(g) => g.code(),
+            ModelError::Tokenizer(TokenizerError::Load(_)) => "bad-format",
+            ModelError::Tokenizer(TokenizerError::Encode(_)) => "bad-input",
+            ModelError::DoesNotFit(_) => "does-not-fit",
+            ModelError::BadInput(_) => "bad-input",
+            ModelError::ContextOverflow { .. } => "context-overflow",
+            ModelError::Busy => "busy",
+        }
+    }
+}
+
+/// The JS error code of a package problem.
+pub fn format_code(e: &FormatError) -> &'static str {
+    match e {
+        FormatError::HashMismatch { .. } | FormatError::Truncated { .. } => "integrity",
+        FormatError::WrongBase { .. } => "wrong-base",
+        _ => "bad-format",
+    }
+}
+
+impl From<LoadError> for ModelError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Format(f) => ModelError::Load(ModelLoadError::Format(f)),
+            LoadError::Gpu(g) => ModelError::Gpu(g),
+            LoadError::DoesNotFit(d) => ModelError::DoesNotFit(d),
+        }
+    }
 }
 
 impl From<FormatError> for ModelError {
@@ -59,113 +101,245 @@ impl<'a> Linear<'a> {
     }
 }
 
-pub struct Model {
-    pub ctx: Rc<GpuContext>,
-    pub config: ModelConfig,
+/// The frozen part, loaded once: LLaMA + CLIP weights, tokenizer, RoPE table.
+/// Shared (`Rc`) by every model built on it, so swapping adapters never
+/// touches it.
+pub struct BaseModel {
+    pub llama: LlamaConfig,
+    pub clip: ClipConfig,
     pub tokenizer: Tokenizer,
-    pub base: GpuWeights,
-    pub adapter: GpuWeights,
+    pub weights: GpuWeights,
     pub rope: RopeTable,
-    /// Host copies of small tensors the host writes into activations.
+    /// sha256 of the base manifest (what adapters name their base by).
+    pub manifest_sha256: String,
+    /// Host copy of the class embedding, written into the first CLIP row per image.
     class_embedding: Vec<f32>,
+}
+
+/// One adapter: its config and weights (biases, scales, norms, gates,
+/// prompts, visual branch, LoRA). Replaceable without touching the base.
+pub struct AdapterModel {
+    pub config: AdapterConfig,
+    pub weights: GpuWeights,
+    pub manifest_sha256: String,
+    /// Unique per loaded adapter: image prefixes carry it, so that a prefix
+    /// made by another adapter is never used.
+    pub id: u64,
     visual_query: Vec<f32>,
     /// `new_gate` per layer (1.0 without LoRA).
     new_gates: Vec<f32>,
+}
+
+/// A conversation's state: the KV cache. Sized by the base (context length),
+/// independent of the adapter, so it survives an adapter swap.
+pub struct Session {
     /// Per layer: keys and values, [max_seq_len, dim].
     cache_k: Vec<wgpu::Buffer>,
     cache_v: Vec<wgpu::Buffer>,
+    pub bytes: u64,
+    /// Set while a generation runs: a second one is refused, never interleaved.
+    busy: std::cell::Cell<bool>,
+}
+
+impl Session {
+    pub fn new(ctx: &GpuContext, llama: &LlamaConfig) -> Session {
+        let cache_bytes = (llama.max_seq_len * llama.dim * 4) as u64;
+        let mut cache_k = Vec::with_capacity(llama.n_layers);
+        let mut cache_v = Vec::with_capacity(llama.n_layers);
+        for _ in 0..llama.n_layers {
+            cache_k.push(ctx.activations("cache k", cache_bytes));
+            cache_v.push(ctx.activations("cache v", cache_bytes));
+        }
+        Session { cache_k, cache_v, bytes: 2 * cache_bytes * llama.n_layers as u64, busy: std::cell::Cell::new(false) }
+    }
+
+    /// Marks the session busy until the guard drops; `Busy` if it already is.
+    pub(crate) fn claim(&self) -> Result<SessionGuard<'_>, ModelError> {
+        if self.busy.replace(true) {
+            return Err(ModelError::Busy);
+        }
+        Ok(SessionGuard(self))
+    }
+}
+
+pub(crate) struct SessionGuard<'a>(&'a Session);
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
+}
+
+static NEXT_ADAPTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A base, an adapter and a session: what the forward passes run on.
+pub struct Model {
+    pub ctx: Rc<GpuContext>,
+    pub config: ModelConfig,
+    pub base: Rc<BaseModel>,
+    pub adapter: Rc<AdapterModel>,
+    pub session: Rc<Session>,
     /// Bytes of weights and caches on the GPU.
     pub gpu_bytes: u64,
     /// Dispatches in the last submitted forward pass (bench figure).
     pub last_dispatches: std::cell::Cell<usize>,
 }
 
-impl Model {
-    /// Loads and checks a base + adapter pair of packages (native: from folders).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn load_dirs(ctx: Rc<GpuContext>, base_dir: &std::path::Path, adapter_dir: &std::path::Path) -> Result<Model, ModelError> {
-        let base = LoadedPackage::read_dir(base_dir, crate::format::package::PackageKind::Base)?;
-        let adapter = LoadedPackage::read_dir(adapter_dir, crate::format::package::PackageKind::Adapter)?;
-        let tokenizer_file = base.manifest.tokenizer.clone().ok_or_else(|| FormatError::Io("the base package names no tokenizer".into()))?;
-        let tokenizer_bytes = std::fs::read(base_dir.join(&tokenizer_file.file)).map_err(|e| FormatError::Io(format!("{}: {e}", tokenizer_file.file)))?;
-        if crate::format::package::sha256_hex(&tokenizer_bytes) != tokenizer_file.sha256 {
-            return Err(FormatError::HashMismatch {
-                file: tokenizer_file.file.clone(),
-                found: crate::format::package::sha256_hex(&tokenizer_bytes),
-                expected: tokenizer_file.sha256.clone(),
-            }
-            .into());
-        }
-        Model::from_packages(ctx, &base, &adapter, &tokenizer_bytes)
-    }
+/// Bytes of one package, handed over by whatever reads them (files, fetch, memory).
+pub trait ShardSource {
+    /// The bytes of shard `index` (`entry` says its file name and size).
+    fn shard(&mut self, index: usize, entry: &crate::format::package::ShardEntry) -> Result<Vec<u8>, FormatError>;
+}
 
-    /// Checks the packages against each other and the config, and uploads them.
-    pub fn from_packages(ctx: Rc<GpuContext>, base: &LoadedPackage, adapter: &LoadedPackage, tokenizer_json: &[u8]) -> Result<Model, ModelError> {
-        if let Some(want) = &adapter.manifest.base_sha256 {
-            if *want != base.manifest_sha256 {
-                return Err(FormatError::WrongBase { expected: want.clone(), found: base.manifest_sha256.clone() }.into());
-            }
-        }
-        let config_err = |file: &str, e: serde_json::Error| FormatError::Config { file: file.into(), reason: e.to_string() };
-        let llama: LlamaConfig = serde_json::from_value(base.manifest.config["llama"].clone()).map_err(|e| config_err("base manifest", e))?;
-        let clip: ClipConfig = serde_json::from_value(base.manifest.config["clip"].clone()).map_err(|e| config_err("base manifest", e))?;
-        let adapter_cfg: AdapterConfig = serde_json::from_value(adapter.manifest.config["adapter"].clone()).map_err(|e| config_err("adapter manifest", e))?;
-        let config = ModelConfig { llama, clip, adapter: adapter_cfg };
-        config.validate().map_err(|reason| FormatError::Config { file: "manifests".into(), reason })?;
-        base.manifest.validate_tensors(&base_specs(&config.llama, &config.clip))?;
-        adapter.manifest.validate_tensors(&adapter_specs(&config.llama, &config.clip, &config.adapter))?;
-        for l in weights::required_gate_layers(&config) {
-            let name = format!("llama.layers.{l}.attention.gate");
-            if adapter.tensor(&name).is_none() {
-                return Err(FormatError::MissingTensor { name }.into());
-            }
-        }
+/// Shards read from a folder, one at a time.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct DirSource(pub std::path::PathBuf);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ShardSource for DirSource {
+    fn shard(&mut self, _index: usize, entry: &crate::format::package::ShardEntry) -> Result<Vec<u8>, FormatError> {
+        std::fs::read(self.0.join(&entry.file)).map_err(|e| FormatError::Shard { file: entry.file.clone(), reason: e.to_string() })
+    }
+}
+
+/// Shards already in memory (the benchmark's generated model).
+pub struct MemorySource(pub Vec<Vec<u8>>);
+
+impl ShardSource for MemorySource {
+    fn shard(&mut self, index: usize, entry: &crate::format::package::ShardEntry) -> Result<Vec<u8>, FormatError> {
+        self.0.get_mut(index).map(std::mem::take).ok_or_else(|| FormatError::Shard { file: entry.file.clone(), reason: "not in memory".into() })
+    }
+}
+
+/// Streams every shard of `plan` from `source` into a fresh upload.
+async fn stream_package(ctx: &GpuContext, plan: &PackagePlan, host: &std::collections::HashSet<String>, source: &mut dyn ShardSource) -> Result<PackageUpload, ModelError> {
+    let mut upload = PackageUpload::allocate(ctx, plan, host).await?;
+    for (i, entry) in plan.manifest.shards.iter().enumerate() {
+        let bytes = source.shard(i, entry)?;
+        upload.write_shard(ctx, i, &bytes)?;
+    }
+    Ok(upload)
+}
+
+impl BaseModel {
+    /// Builds the base from a finished upload and its tokenizer file.
+    pub fn new(ctx: &GpuContext, plan: &BasePlan, upload: PackageUpload, tokenizer_json: &[u8]) -> Result<BaseModel, ModelError> {
+        verify_tokenizer(plan, tokenizer_json)?;
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
-        if tokenizer.vocab_size() != config.llama.vocab_size {
+        if tokenizer.vocab_size() != plan.llama.vocab_size {
             return Err(FormatError::Config {
                 file: "tokenizer.json".into(),
-                reason: format!("{} tokens, the model has {}", tokenizer.vocab_size(), config.llama.vocab_size),
+                reason: format!("{} tokens, the model has {}", tokenizer.vocab_size(), plan.llama.vocab_size),
             }
             .into());
         }
+        let (weights, mut host) = upload.finish()?;
+        let rope = RopeTable::new(ctx, plan.llama.max_seq_len, plan.llama.head_dim(), plan.llama.rope_theta);
+        ctx.check()?;
+        Ok(BaseModel {
+            llama: plan.llama.clone(),
+            clip: plan.clip.clone(),
+            tokenizer,
+            weights,
+            rope,
+            manifest_sha256: plan.package.manifest_sha256.clone(),
+            class_embedding: host.remove("clip.class_embedding").unwrap_or_default(),
+        })
+    }
+}
 
-        let base_gpu = GpuWeights::upload(&ctx, base)?;
-        let adapter_gpu = GpuWeights::upload(&ctx, adapter)?;
-        let l = &config.llama;
-        let cache_bytes = (l.max_seq_len * l.dim * 4) as u64;
-        let mut cache_k = Vec::with_capacity(l.n_layers);
-        let mut cache_v = Vec::with_capacity(l.n_layers);
-        for _ in 0..l.n_layers {
-            cache_k.push(ctx.activations("cache k", cache_bytes));
-            cache_v.push(ctx.activations("cache v", cache_bytes));
-        }
-        let new_gates = (0..l.n_layers)
-            .map(|i| adapter.tensor_f32(&format!("llama.layers.{i}.attention.new_gate")).map_or(1.0, |v| v[0]))
-            .collect();
-        let rope = RopeTable::new(&ctx, l.max_seq_len, l.head_dim(), l.rope_theta);
+impl AdapterModel {
+    pub fn new(plan: &AdapterPlan, upload: PackageUpload) -> Result<AdapterModel, ModelError> {
+        let (weights, mut host) = upload.finish()?;
+        let n = plan.config.llama.n_layers;
+        let new_gates = (0..n).map(|i| host.get(&format!("llama.layers.{i}.attention.new_gate")).and_then(|v| v.first().copied()).unwrap_or(1.0)).collect();
+        Ok(AdapterModel {
+            config: plan.config.adapter.clone(),
+            weights,
+            manifest_sha256: plan.package.manifest_sha256.clone(),
+            id: NEXT_ADAPTER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            visual_query: host.remove("visual_query.weight").unwrap_or_default(),
+            new_gates,
+        })
+    }
+}
+
+impl Model {
+    /// Pairs a base and an adapter (checked against each other) with a session.
+    pub fn assemble(ctx: Rc<GpuContext>, base: Rc<BaseModel>, adapter: Rc<AdapterModel>, session: Option<Rc<Session>>) -> Result<Model, ModelError> {
+        let config = ModelConfig { llama: base.llama.clone(), clip: base.clip.clone(), adapter: adapter.config.clone() };
+        config.validate().map_err(|reason| FormatError::Config { file: "manifests".into(), reason })?;
+        let session = match session {
+            Some(s) => s,
+            None => Rc::new(Session::new(&ctx, &base.llama)),
+        };
         ctx.check()?;
         Ok(Model {
-            gpu_bytes: base_gpu.bytes + adapter_gpu.bytes + 2 * cache_bytes * l.n_layers as u64,
-            class_embedding: base.tensor_f32("clip.class_embedding").unwrap_or_default(),
-            visual_query: adapter.tensor_f32("visual_query.weight").unwrap_or_default(),
-            new_gates,
+            gpu_bytes: base.weights.bytes + adapter.weights.bytes + session.bytes,
             ctx,
             config,
-            tokenizer,
-            base: base_gpu,
-            adapter: adapter_gpu,
-            rope,
-            cache_k,
-            cache_v,
+            base,
+            adapter,
+            session,
             last_dispatches: std::cell::Cell::new(0),
         })
+    }
+
+    /// The same base and session with another adapter.
+    pub fn with_adapter(&self, adapter: Rc<AdapterModel>) -> Result<Model, ModelError> {
+        Model::assemble(self.ctx.clone(), self.base.clone(), adapter, Some(self.session.clone()))
+    }
+
+    /// Loads a base + adapter pair of packages, one shard at a time, through
+    /// the loader every target shares ([`loader`]).
+    pub async fn load(
+        ctx: Rc<GpuContext>,
+        base_manifest: (&str, &[u8]),
+        base_shards: &mut dyn ShardSource,
+        tokenizer_json: &[u8],
+        adapter_manifest: (&str, &[u8]),
+        adapter_shards: &mut dyn ShardSource,
+    ) -> Result<Model, ModelError> {
+        let base_plan = BasePlan::new(PackagePlan::parse(base_manifest.0, base_manifest.1, PackageKind::Base)?)?;
+        let adapter_plan = AdapterPlan::new(PackagePlan::parse(adapter_manifest.0, adapter_manifest.1, PackageKind::Adapter)?, &base_plan)?;
+        fit(&adapter_plan.config, &[&base_plan.package, &adapter_plan.package], &ctx.info, None).map_err(LoadError::from)?;
+        let base_upload = stream_package(&ctx, &base_plan.package, &base_host_names(), base_shards).await?;
+        let base = Rc::new(BaseModel::new(&ctx, &base_plan, base_upload, tokenizer_json)?);
+        let adapter_upload = stream_package(&ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), adapter_shards).await?;
+        let adapter = Rc::new(AdapterModel::new(&adapter_plan, adapter_upload)?);
+        Model::assemble(ctx, base, adapter, None)
+    }
+
+    /// Loads a base + adapter pair of packages from folders (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_dirs(ctx: Rc<GpuContext>, base_dir: &std::path::Path, adapter_dir: &std::path::Path) -> Result<Model, ModelError> {
+        let read = |path: std::path::PathBuf| std::fs::read(&path).map_err(|e| FormatError::Io(format!("{}: {e}", path.display())));
+        let base_label = base_dir.join("manifest.json").display().to_string();
+        let adapter_label = adapter_dir.join("manifest.json").display().to_string();
+        let base_text = read(base_dir.join("manifest.json"))?;
+        let adapter_text = read(adapter_dir.join("manifest.json"))?;
+        // The tokenizer's name comes from the manifest; parse it once here for the path.
+        let base_plan = PackagePlan::parse(&base_label, &base_text, PackageKind::Base)?;
+        let tokenizer = base_plan.manifest.tokenizer.clone().ok_or_else(|| FormatError::Io("the base package names no tokenizer".into()))?;
+        if tokenizer.file.contains('/') || tokenizer.file.contains('\\') || tokenizer.file.starts_with('.') {
+            return Err(FormatError::Shard { file: tokenizer.file, reason: "file names must be plain".into() }.into());
+        }
+        let tokenizer_bytes = read(base_dir.join(&tokenizer.file))?;
+        pollster::block_on(Model::load(
+            ctx,
+            (&base_label, &base_text),
+            &mut DirSource(base_dir.to_path_buf()),
+            &tokenizer_bytes,
+            (&adapter_label, &adapter_text),
+            &mut DirSource(adapter_dir.to_path_buf()),
+        ))
     }
 
     /// The adapter's linear `name` (weight + bias) of the visual branch.
     fn adapter_linear(&self, name: &str) -> Result<Linear<'_>, ModelError> {
         Ok(Linear {
-            weight: self.adapter.matrix(&format!("{name}.weight"))?,
-            bias: self.adapter.optional_vector(&format!("{name}.bias")),
+            weight: self.adapter.weights.matrix(&format!("{name}.weight"))?,
+            bias: self.adapter.weights.optional_vector(&format!("{name}.bias")),
             scale: None,
             lora: None,
         })

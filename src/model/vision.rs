@@ -64,12 +64,12 @@ impl Model {
         let patches = im2col(image, size, c.patch);
         let patch_buf = ctx.upload_activations("patches", &patches);
         let x = ctx.activations("clip x", (tokens * width * 4) as u64);
-        ctx.queue.write_buffer(&x, 0, bytemuck::cast_slice(&self.class_embedding));
-        let conv = Linear::plain(self.base.matrix("clip.conv1.weight")?);
+        ctx.queue.write_buffer(&x, 0, bytemuck::cast_slice(&self.base.class_embedding));
+        let conv = Linear::plain(self.base.weights.matrix("clip.conv1.weight")?);
         d.extend(self.linear_at(&conv, &patch_buf, 0, tokens - 1, &x, width, width, false)?);
-        d.push(elementwise::add(ctx, self.base.f32_buffer("clip.positional_embedding")?, &x, tokens * width)?);
+        d.push(elementwise::add(ctx, self.base.weights.f32_buffer("clip.positional_embedding")?, &x, tokens * width)?);
         let xn = ctx.activations("clip xn", (tokens * width * 4) as u64);
-        d.push(layernorm_at(ctx, &x, 0, self.base.vector("clip.ln_pre.weight")?, self.base.vector("clip.ln_pre.bias")?, &xn, 0, tokens, width, LAYERNORM_EPS)?);
+        d.push(layernorm_at(ctx, &x, 0, self.base.weights.vector("clip.ln_pre.weight")?, self.base.weights.vector("clip.ln_pre.bias")?, &xn, 0, tokens, width, LAYERNORM_EPS)?);
         let x = xn;
 
         let qkv = ctx.activations("qkv", (tokens.max(a.query_len + tokens) * 3 * width.max(a.v_embed_dim) * 4) as u64);
@@ -84,28 +84,28 @@ impl Model {
             let (ln1w, ln1b, ln2w, ln2b) = (w("ln_1.weight"), w("ln_1.bias"), w("ln_2.weight"), w("ln_2.bias"));
             let block = BlockNames {
                 ln1: (&ln1w, &ln1b),
-                qkv: Linear { weight: self.base.matrix(&w("attn.in_proj_weight"))?, bias: Some(self.base.vector(&w("attn.in_proj_bias"))?), scale: None, lora: None },
-                out: Linear { weight: self.base.matrix(&w("attn.out_proj.weight"))?, bias: Some(self.base.vector(&w("attn.out_proj.bias"))?), scale: None, lora: None },
+                qkv: Linear { weight: self.base.weights.matrix(&w("attn.in_proj_weight"))?, bias: Some(self.base.weights.vector(&w("attn.in_proj_bias"))?), scale: None, lora: None },
+                out: Linear { weight: self.base.weights.matrix(&w("attn.out_proj.weight"))?, bias: Some(self.base.weights.vector(&w("attn.out_proj.bias"))?), scale: None, lora: None },
                 ln2: (&ln2w, &ln2b),
-                fc1: Linear { weight: self.base.matrix(&w("mlp.c_fc.weight"))?, bias: Some(self.base.vector(&w("mlp.c_fc.bias"))?), scale: None, lora: None },
-                fc2: Linear { weight: self.base.matrix(&w("mlp.c_proj.weight"))?, bias: Some(self.base.vector(&w("mlp.c_proj.bias"))?), scale: None, lora: None },
+                fc1: Linear { weight: self.base.weights.matrix(&w("mlp.c_fc.weight"))?, bias: Some(self.base.weights.vector(&w("mlp.c_fc.bias"))?), scale: None, lora: None },
+                fc2: Linear { weight: self.base.weights.matrix(&w("mlp.c_proj.weight"))?, bias: Some(self.base.weights.vector(&w("mlp.c_proj.bias"))?), scale: None, lora: None },
                 quick_gelu: true,
             };
             d.extend(self.transformer_block(&block, true, &x, tokens, width, c.heads, &norm, &qkv, &attn, &hidden)?);
         }
         // ln_post on all tokens, then proj: clip_feats [tokens, embed_dim].
-        d.push(layernorm_at(ctx, &x, 0, self.base.vector("clip.ln_post.weight")?, self.base.vector("clip.ln_post.bias")?, &norm, 0, tokens, width, LAYERNORM_EPS)?);
+        d.push(layernorm_at(ctx, &x, 0, self.base.weights.vector("clip.ln_post.weight")?, self.base.weights.vector("clip.ln_post.bias")?, &norm, 0, tokens, width, LAYERNORM_EPS)?);
         let clip_feats = ctx.activations("clip feats", (tokens * c.embed_dim * 4) as u64);
-        d.extend(self.linear(&Linear::plain(self.base.matrix("clip.proj_t")?), &norm, 0, tokens, &clip_feats, c.embed_dim, false)?);
+        d.extend(self.linear(&Linear::plain(self.base.weights.matrix("clip.proj_t")?), &norm, 0, tokens, &clip_feats, c.embed_dim, false)?);
 
         // Visual adapter: z = [visual_query ; LN(clip_proj(clip_feats))].
         let v = a.v_embed_dim;
         let n = a.query_len + tokens;
         let z = ctx.activations("z", (n * v * 4) as u64);
-        ctx.queue.write_buffer(&z, 0, bytemuck::cast_slice(&self.visual_query));
+        ctx.queue.write_buffer(&z, 0, bytemuck::cast_slice(&self.adapter.visual_query));
         let proj = self.adapter_linear("clip_proj")?;
         d.extend(self.linear(&proj, &clip_feats, 0, tokens, &attn, v, false)?);
-        d.push(layernorm_at(ctx, &attn, 0, self.adapter.vector("clip_proj_norm.weight")?, self.adapter.vector("clip_proj_norm.bias")?, &z, a.query_len * v, tokens, v, LAYERNORM_EPS)?);
+        d.push(layernorm_at(ctx, &attn, 0, self.adapter.weights.vector("clip_proj_norm.weight")?, self.adapter.weights.vector("clip_proj_norm.bias")?, &z, a.query_len * v, tokens, v, LAYERNORM_EPS)?);
         for i in 0..a.v_depth {
             let p = format!("visual_blocks.{i}");
             let w = |s: &str| format!("{p}.{s}");
@@ -126,7 +126,7 @@ impl Model {
         let vp = self.adapter_linear("visual_proj")?;
         d.extend(self.linear(&vp, &z, 0, a.query_len, &hidden, dim, false)?);
         let visual_tokens = ctx.activations("visual tokens", (a.query_len * dim * 4) as u64);
-        d.push(layernorm_at(ctx, &hidden, 0, self.adapter.vector("visual_proj_norm.weight")?, self.adapter.vector("visual_proj_norm.bias")?, &visual_tokens, 0, a.query_len, dim, LAYERNORM_EPS)?);
+        d.push(layernorm_at(ctx, &hidden, 0, self.adapter.weights.vector("visual_proj_norm.weight")?, self.adapter.weights.vector("visual_proj_norm.bias")?, &visual_tokens, 0, a.query_len, dim, LAYERNORM_EPS)?);
         self.run(&d)?;
         Ok(VisionOutput { clip_feats, visual_tokens })
     }
@@ -146,7 +146,7 @@ impl Model {
         hidden: &wgpu::Buffer,
     ) -> Result<Vec<Dispatch>, ModelError> {
         let ctx = &self.ctx;
-        let weights = if base { &self.base } else { &self.adapter };
+        let weights = if base { &self.base.weights } else { &self.adapter.weights };
         let mut d = Vec::new();
         d.push(layernorm_at(ctx, x, 0, weights.vector(b.ln1.0)?, weights.vector(b.ln1.1)?, norm, 0, tokens, width, LAYERNORM_EPS)?);
         d.extend(self.linear(&b.qkv, norm, 0, tokens, qkv, 3 * width, false)?);

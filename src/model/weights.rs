@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use crate::format::package::{FormatError, LoadedPackage};
 use crate::format::quant::{PackedMatrix, QuantFormat};
-use crate::gpu::{GpuContext, GpuError};
-use crate::kernels::matmul::{GpuBlock, GpuMatrix};
+use crate::gpu::GpuError;
+use crate::kernels::matmul::GpuMatrix;
 
 use super::config::{AdapterConfig, ClipConfig, Fusion, LlamaConfig, ModelConfig};
 
@@ -158,47 +158,13 @@ pub enum GpuTensor {
     Vector(wgpu::Buffer),
 }
 
-/// All tensors of a package on the GPU, plus small CPU copies of the ones the
-/// host needs (class embedding, visual queries).
+/// All tensors of a package on the GPU (filled by [`super::loader::PackageUpload`]).
 pub struct GpuWeights {
     pub tensors: HashMap<String, GpuTensor>,
     pub bytes: u64,
 }
 
 impl GpuWeights {
-    /// Uploads every tensor: 2-D tensors as matrices (one block per stored
-    /// piece), vectors as f32 buffers.
-    pub fn upload(ctx: &GpuContext, package: &LoadedPackage) -> Result<GpuWeights, ModelLoadError> {
-        let mut tensors = HashMap::new();
-        let mut bytes = 0;
-        for t in &package.manifest.tensors {
-            let format = t.quant().ok_or_else(|| FormatError::Tensor { name: t.name.clone(), reason: format!("format {}", t.format) })?;
-            let is_vector = t.shape.len() == 1;
-            if is_vector {
-                if format != QuantFormat::F32 {
-                    return Err(FormatError::Tensor { name: t.name.clone(), reason: "vectors must be stored as f32".into() }.into());
-                }
-                let data = package.tensor_f32(&t.name).unwrap();
-                bytes += (data.len() * 4) as u64;
-                tensors.insert(t.name.clone(), GpuTensor::Vector(ctx.upload(&t.name, &data)));
-                continue;
-            }
-            let mut blocks = Vec::new();
-            for p in &t.pieces {
-                let piece_bytes = package.piece_words(p);
-                if piece_bytes.len() as u64 > ctx.info.max_storage_binding {
-                    return Err(GpuError::BindingTooLarge { what: t.name.clone(), needed: piece_bytes.len() as u64, limit: ctx.info.max_storage_binding }.into());
-                }
-                let words: Vec<u32> = bytemuck::pod_collect_to_vec(piece_bytes);
-                bytes += piece_bytes.len() as u64;
-                blocks.push(GpuBlock { buffer: ctx.upload(&t.name, &words), row_start: p.row_start, rows: p.rows });
-            }
-            tensors.insert(t.name.clone(), GpuTensor::Matrix(GpuMatrix { format, rows: t.rows(), cols: t.cols(), blocks }));
-        }
-        ctx.check()?;
-        Ok(GpuWeights { tensors, bytes })
-    }
-
     pub fn matrix(&self, name: &str) -> Result<&GpuMatrix, ModelLoadError> {
         match self.tensors.get(name) {
             Some(GpuTensor::Matrix(m)) => Ok(m),
