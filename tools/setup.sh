@@ -18,6 +18,28 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
 fi
 
+# The browser tests: Debian's Chromium (WebGPU on SwiftShader, headless) and Node.js.
+if ! [ -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1; then
+  echo "setup: installing chromium and nodejs"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium nodejs npm >/dev/null
+fi
+
+# wasm-bindgen's CLI must match the wasm-bindgen crate in Cargo.lock exactly.
+# (Without --locked: the CLI's own lock pins a crate this registry lacks.)
+wb_version="$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')"
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
+  echo "setup: installing wasm-bindgen-cli $wb_version (takes a few minutes)"
+  cargo install --quiet wasm-bindgen-cli --version "$wb_version"
+fi
+
+# Node packages of the browser tests (playwright-core, binaryen), from the lockfile.
+if [ -f package-lock.json ] && ! [ -d node_modules/playwright-core ]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --silent
+fi
+
 # Mesa complains (harmlessly) without a runtime dir.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/llama-adapter-xdg}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"

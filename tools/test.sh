@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up, then every test on the available GPU adapter
-# (lavapipe where there is no GPU), then the wasm32 library build.
+# (lavapipe where there is no GPU), then the browser engine: the wasm32 build
+# and the module's tests in headless Chromium (WebGPU on SwiftShader).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/setup.sh
@@ -11,7 +12,9 @@ cargo run --release --quiet --bin llama-adapter -- info
 echo "== cargo test (native, on that adapter)"
 cargo test --release -- --show-output
 
-echo "== wasm32 library build (WebGPU backend)"
-cargo build --release --lib --target wasm32-unknown-unknown
-ls -l target/wasm32-unknown-unknown/release/llama_adapter_web.wasm
+echo "== wasm32 build + wasm-bindgen (www/pkg)"
+bash tools/build-web.sh
+
+echo "== browser tests (headless Chromium, WebGPU)"
+npm run --silent test:browser
 echo "== all tests passed"
