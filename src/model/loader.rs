@@ -262,6 +262,8 @@ struct Target {
     /// Byte range in the shard.
     start: usize,
     len: usize,
+    /// Byte offset in the buffer.
+    dst: u64,
     /// Kept on the host too (dequantised): small tensors the host writes into activations.
     host: Option<(QuantFormat, usize, usize)>,
 }
@@ -295,20 +297,43 @@ impl PackageUpload {
                 return Err(GpuError::InvalidArgument(format!("tensor {}: vectors must be stored as f32", t.name)));
             }
             let mut blocks = Vec::new();
-            for p in &t.pieces {
-                if p.length > ctx.info.max_storage_binding {
-                    return Err(GpuError::BindingTooLarge { what: t.name.clone(), needed: p.length, limit: ctx.info.max_storage_binding });
-                }
-                let buffer = ctx.storage(&t.name, p.length);
+            // f32 rows have a fixed size, so a tensor cut into pieces (small
+            // shards) goes back into one buffer when it fits one binding:
+            // the kernels that read plain f32 data (positional embedding,
+            // prompts) need it whole. Quantised pieces keep their own
+            // buffers (each holds its rows' quants, then their scales).
+            let whole = format.bytes(t.rows(), t.cols());
+            if format == QuantFormat::F32 && t.pieces.len() > 1 && whole <= ctx.info.max_storage_binding {
+                let buffer = ctx.storage(&t.name, whole);
                 bytes += buffer.size();
-                targets[p.shard].push(Target {
-                    tensor: t.name.clone(),
-                    buffer: buffer.clone(),
-                    start: p.offset as usize,
-                    len: p.length as usize,
-                    host: host.then_some((format, p.rows, t.cols())),
-                });
-                blocks.push(GpuBlock { buffer, row_start: p.row_start, rows: p.rows });
+                for p in &t.pieces {
+                    targets[p.shard].push(Target {
+                        tensor: t.name.clone(),
+                        buffer: buffer.clone(),
+                        start: p.offset as usize,
+                        len: p.length as usize,
+                        dst: (p.row_start * t.cols() * 4) as u64,
+                        host: host.then_some((format, p.rows, t.cols())),
+                    });
+                }
+                blocks.push(GpuBlock { buffer, row_start: 0, rows: t.rows() });
+            } else {
+                for p in &t.pieces {
+                    if p.length > ctx.info.max_storage_binding {
+                        return Err(GpuError::BindingTooLarge { what: t.name.clone(), needed: p.length, limit: ctx.info.max_storage_binding });
+                    }
+                    let buffer = ctx.storage(&t.name, p.length);
+                    bytes += buffer.size();
+                    targets[p.shard].push(Target {
+                        tensor: t.name.clone(),
+                        buffer: buffer.clone(),
+                        start: p.offset as usize,
+                        len: p.length as usize,
+                        dst: 0,
+                        host: host.then_some((format, p.rows, t.cols())),
+                    });
+                    blocks.push(GpuBlock { buffer, row_start: p.row_start, rows: p.rows });
+                }
             }
             let tensor = if t.shape.len() == 1 {
                 GpuTensor::Vector(blocks.pop().map(|b| b.buffer).unwrap_or_else(|| ctx.storage(&t.name, 16)))
@@ -343,7 +368,7 @@ impl PackageUpload {
         ctx.check()?;
         for t in &self.targets[index] {
             let piece = &bytes[t.start..t.start + t.len];
-            ctx.queue.write_buffer(&t.buffer, 0, piece);
+            ctx.queue.write_buffer(&t.buffer, t.dst, piece);
             if let Some((format, rows, cols)) = t.host {
                 let words: Vec<u32> = bytemuck::pod_collect_to_vec(piece);
                 self.host.entry(t.tensor.clone()).or_default().extend(PackedMatrix { format, rows, cols, words }.dequantize());
