@@ -154,6 +154,7 @@ use std::rc::Rc;
 use crate::format::package::{sha256_hex, PackageKind, PackageWriter};
 use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, LlamaConfig, ModelConfig};
 use crate::model::weights::{adapter_specs, base_specs};
+use crate::model::plan::{Pick, StepResult};
 use crate::model::{MemorySource, Model, ModelError};
 
 /// The shape of a benchmark model.
@@ -318,6 +319,8 @@ pub struct ModelFigures {
     pub decode_tokens_per_s: f64,
     pub host_ms_per_token: f64,
     pub dispatches_per_token: usize,
+    pub submits_per_token: f64,
+    pub gpu_objects_created_per_token: f64,
     pub weight_bytes_per_token: u64,
     pub kv_bytes_per_token: u64,
     pub gpu_weight_and_cache_bytes: u64,
@@ -348,16 +351,27 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     let mut next = model.argmax_token_blocking(&out)?;
     let prefill_s = t.elapsed().as_secs_f64();
 
+    // Decode through the session's plan, as `generate` does: the plan is
+    // built on the first step (counted in decode time, as a user waits for it).
     let mut host = 0.0;
     let t = Instant::now();
+    let mut plan = model.session.take_plan(&model, &prefixes)?;
+    let submits_before = ctx.object_counts();
     for i in 0..new_tokens {
         let h = Instant::now();
-        let out = model.forward(&[next], prompt + i, &prefixes, false)?;
+        plan.submit(&model, next, prompt + i, Pick::Greedy)?;
         host += h.elapsed().as_secs_f64();
-        next = model.argmax_token_blocking(&out)?;
+        next = match pollster::block_on(plan.finish(&model))? {
+            StepResult::Token(t) => t,
+            StepResult::Summary(_) => unreachable!("greedy steps read a token"),
+        };
     }
     let decode_s = t.elapsed().as_secs_f64();
-    let dispatches = model.last_dispatches.get();
+    let created = ctx.object_counts();
+    let objects_per_token = ((created.buffers + created.bind_groups) - (submits_before.buffers + submits_before.bind_groups)) as f64 / new_tokens.max(1) as f64;
+    let submits_per_token = (created.submits - submits_before.submits) as f64 / new_tokens.max(1) as f64;
+    let dispatches = plan.dispatches_per_step();
+    model.session.put_plan(plan);
     if std::env::var("LLAMA_ADAPTER_PROFILE").is_ok() {
         // GPU time per kernel of one decode step, each dispatch timed alone.
         let (steps, _) = model.forward_dispatches(&[next], prompt + new_tokens, &prefixes, false)?;
@@ -391,6 +405,8 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
         decode_tokens_per_s: new_tokens as f64 / decode_s,
         host_ms_per_token: host * 1e3 / new_tokens.max(1) as f64,
         dispatches_per_token: dispatches,
+        submits_per_token,
+        gpu_objects_created_per_token: objects_per_token,
         weight_bytes_per_token: weight_bytes,
         kv_bytes_per_token: kv_bytes,
         gpu_weight_and_cache_bytes: model.gpu_bytes,

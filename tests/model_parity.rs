@@ -11,6 +11,7 @@ use common::{gpu_shared, read_npy};
 use llama_adapter_web::convert::checkpoint::{convert, ConvertOptions};
 use llama_adapter_web::format::quant::QuantFormat;
 use llama_adapter_web::model::config::ChannelOrder;
+use llama_adapter_web::model::generate::GenerateOptions;
 use llama_adapter_web::model::Model;
 
 const FIX: &str = "tests/fixtures/tiny";
@@ -74,11 +75,17 @@ fn run_parity(name: &str, quant: QuantFormat) -> Parity {
         got.push(model.argmax_token_blocking(&step).unwrap());
         pos += 1;
     }
-    println!("{name} {}: clip {clip_err:.2e} vq {vq_err:.2e} hidden {hidden_err:.2e} logits {logits_err:.2e}; greedy {:?}", quant.name(), got == want);
-    if got != want {
-        println!("  got  {got:?}\n  want {want:?}");
+    // The same through `generate`, whose decode steps replay the session's
+    // decode plan (one submit, one readback per token); it must agree with
+    // the step-by-step path token for token (it stops early only at EOS).
+    let opts = GenerateOptions { max_new_tokens: want.len(), temperature: 0.0, ..Default::default() };
+    let planned = model.generate_blocking(&prefixes, &prompt, &opts, &mut |_, _| true).unwrap();
+    let plan_equal = planned.generated_ids[..] == got[..planned.generated_ids.len()] && (planned.generated_ids.len() == got.len() || planned.stopped_at_eos);
+    println!("{name} {}: clip {clip_err:.2e} vq {vq_err:.2e} hidden {hidden_err:.2e} logits {logits_err:.2e}; greedy {:?}, plan {plan_equal:?}", quant.name(), got == want);
+    if got != want || !plan_equal {
+        println!("  got  {got:?}\n  want {want:?}\n  plan {:?}", planned.generated_ids);
     }
-    Parity { clip: clip_err, vq: vq_err, hidden: hidden_err, logits: logits_err, greedy_equal: got == want }
+    Parity { clip: clip_err, vq: vq_err, hidden: hidden_err, logits: logits_err, greedy_equal: got == want && plan_equal }
 }
 
 /// f32 storage: the engine computes what the reference computes, in f32 on

@@ -431,6 +431,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("decode ({:>4} tokens)      {:>10.2} tokens/s", f.new_tokens, f.decode_tokens_per_s);
                 println!("host time per decode token {:>9.2} ms", f.host_ms_per_token);
                 println!("dispatches per token      {:>10}", f.dispatches_per_token);
+                println!("submits per token         {:>10.2}", f.submits_per_token);
+                println!("GPU objects made per token {:>9.2}", f.gpu_objects_created_per_token);
                 println!("weight bytes per token    {:>10.1} MB", f.weight_bytes_per_token as f64 / 1e6);
                 println!("KV bytes per token (mid)  {:>10.1} MB", f.kv_bytes_per_token as f64 / 1e6);
                 println!("GPU memory: weights + KV cache {:.1} MB, activations ≈ {:.1} MB", f.gpu_weight_and_cache_bytes as f64 / 1e6, f.activation_bytes as f64 / 1e6);

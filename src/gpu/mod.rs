@@ -126,6 +126,14 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
+/// A kernel's uniform parameter block (binding 0 of every kernel): the
+/// buffer and the words written to it. A decode plan rewrites the words that
+/// move with the position ([`crate::model::plan`]).
+pub struct ParamBlock {
+    pub buffer: wgpu::Buffer,
+    pub words: Vec<u32>,
+}
+
 /// One recorded-ready dispatch: pipeline, bound buffers and grid. Build once,
 /// record as often as needed (decode reuses the same dispatches every token).
 pub struct Dispatch {
@@ -134,6 +142,17 @@ pub struct Dispatch {
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+    pub params: ParamBlock,
+}
+
+/// GPU objects created through a context (the decode plan's test asserts
+/// that a decode step creates none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    pub buffers: u64,
+    pub bind_groups: u64,
+    /// Queue submissions (each decode step should make exactly one).
+    pub submits: u64,
 }
 
 impl Dispatch {
@@ -180,6 +199,7 @@ pub struct GpuContext {
     dummy_window: wgpu::Buffer,
     /// Required alignment of a uniform binding's offset.
     pub uniform_offset_alignment: u64,
+    counts: RefCell<ObjectCounts>,
 }
 
 impl GpuContext {
@@ -308,6 +328,7 @@ impl GpuContext {
             dummy,
             dummy_window,
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment as u64,
+            counts: RefCell::new(ObjectCounts::default()),
         })
     }
 
@@ -408,30 +429,33 @@ impl GpuContext {
         Ok(kernel)
     }
 
-    /// Binds `buffers` (in slot order) to `kernel` and returns a dispatch over `workgroups`.
-    pub fn dispatch(&self, kernel: &Kernel, buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) -> Dispatch {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &kernel.layout,
-            entries: &entries,
-        });
-        Dispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, workgroups }
+    /// Binds `params` (binding 0) and `buffers` (bindings 1..) to `kernel` and
+    /// returns a dispatch over `workgroups`.
+    pub fn dispatch(&self, kernel: &Kernel, params: ParamBlock, buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) -> Dispatch {
+        let bindings: Vec<wgpu::BindingResource> = buffers.iter().map(|b| b.as_entire_binding()).collect();
+        self.dispatch_bindings(kernel, params, &bindings, workgroups)
     }
 
-    /// Like [`GpuContext::dispatch`], with explicit binding ranges.
-    pub fn dispatch_bindings(&self, kernel: &Kernel, bindings: &[wgpu::BindingResource], workgroups: [u32; 3]) -> Dispatch {
-        let entries: Vec<wgpu::BindGroupEntry> = bindings
-            .iter()
-            .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
-            .collect();
+    /// Like [`GpuContext::dispatch`], with explicit binding ranges for bindings 1...
+    pub fn dispatch_bindings(&self, kernel: &Kernel, params: ParamBlock, bindings: &[wgpu::BindingResource], workgroups: [u32; 3]) -> Dispatch {
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params.buffer.as_entire_binding() }];
+        entries.extend(bindings.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: r.clone() }));
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &kernel.layout, entries: &entries });
-        Dispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, workgroups }
+        self.counts.borrow_mut().bind_groups += 1;
+        Dispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, workgroups, params }
+    }
+
+    /// How many buffers and bind groups this context has created.
+    pub fn object_counts(&self) -> ObjectCounts {
+        *self.counts.borrow()
+    }
+
+    pub(crate) fn count_staging(&self) {
+        self.count_buffer();
+    }
+
+    fn count_buffer(&self) {
+        self.counts.borrow_mut().buffers += 1;
     }
 
     /// Records `dispatches` in one compute pass and submits them.
@@ -444,8 +468,14 @@ impl GpuContext {
                 d.record(&mut pass);
             }
         }
-        self.queue.submit([encoder.finish()]);
+        self.submit_encoder(encoder);
         Ok(())
+    }
+
+    /// Submits one recorded command encoder (counted in [`GpuContext::object_counts`]).
+    pub fn submit_encoder(&self, encoder: wgpu::CommandEncoder) {
+        self.counts.borrow_mut().submits += 1;
+        self.queue.submit([encoder.finish()]);
     }
 
     /// A storage buffer holding `data` (also a copy source and destination).
@@ -454,6 +484,7 @@ impl GpuContext {
         if bytes.is_empty() {
             return self.storage(label, 16);
         }
+        self.count_buffer();
         // Whole 16-byte words, so kernels may view any buffer as vec4s.
         let mut padded;
         let contents = if bytes.len() % 16 == 0 {
@@ -472,6 +503,7 @@ impl GpuContext {
 
     /// A zeroed storage buffer of `bytes` bytes (rounded up to 16).
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.count_buffer();
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(16),
@@ -484,6 +516,7 @@ impl GpuContext {
     /// uniform window ([`UNIFORM_WINDOW_BYTES`], so at least that large),
     /// which the CPU-adapter matmul reads far faster.
     pub fn activations(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.count_buffer();
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             // A multiple of the offset alignment, so that a window can end
@@ -521,13 +554,16 @@ impl GpuContext {
         }
     }
 
-    /// A uniform buffer holding one parameter block.
-    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    /// A uniform buffer holding one parameter block (a struct of 4-byte fields).
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> ParamBlock {
+        self.count_buffer();
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(bytemuck::bytes_of(value));
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytemuck::bytes_of(value),
+            contents: bytemuck::cast_slice(&words),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        });
+        ParamBlock { buffer, words }
     }
 
     /// Copies `count` elements starting at element `offset` of `buffer` back to the CPU.

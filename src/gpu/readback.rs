@@ -14,6 +14,7 @@ pub struct StagingReader {
 impl StagingReader {
     pub fn new(ctx: &GpuContext, capacity: u64) -> StagingReader {
         let capacity = capacity.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        ctx.count_staging();
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
             size: capacity,
@@ -45,7 +46,7 @@ impl StagingReader {
         ctx.check()?;
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(source, offset, &self.buffer, 0, bytes);
-        ctx.queue.submit([encoder.finish()]);
+        ctx.submit_encoder(encoder);
 
         let (sender, receiver) = futures_channel::oneshot::channel();
         self.buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |result| {

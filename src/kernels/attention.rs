@@ -164,7 +164,7 @@ fn build(
     let uniform = ctx.uniform("attention params", &params);
     Ok(ctx.dispatch(
         &kernel,
-        &[&uniform, q.buffer, keys.buffer, values.buffer, p_keys.buffer, p_values.buffer, gate, out.buffer],
+        uniform, &[q.buffer, keys.buffer, values.buffer, p_keys.buffer, p_values.buffer, gate, out.buffer],
         [n_heads as u32, n_queries.max(1) as u32, 1],
     ))
 }

@@ -19,7 +19,7 @@ fn build(ctx: &GpuContext, entry: &str, a: &wgpu::Buffer, b: &wgpu::Buffer, out:
     let kernel = ctx.kernel("elementwise", SOURCE, entry, &SLOTS, &[])?;
     let params = Params { n: to_u32(n, "n")?, _pad: [0; 3] };
     let uniform = ctx.uniform("elementwise params", &params);
-    Ok(ctx.dispatch(&kernel, &[&uniform, a, b, out], grid_1d(to_u32(n.div_ceil(256), "grid")?)))
+    Ok(ctx.dispatch(&kernel, uniform, &[a, b, out], grid_1d(to_u32(n.div_ceil(256), "grid")?)))
 }
 
 /// out[i] += a[i] (residual add), for the first n elements.

@@ -58,7 +58,7 @@ pub fn embedding(
                 out_offset: to_u32(out_offset, "out_offset")?,
             };
             let uniform = ctx.uniform("embedding params", &params);
-            Ok(ctx.dispatch(&kernel, &[&uniform, tokens, &block.buffer, out], grid_1d(groups)))
+            Ok(ctx.dispatch(&kernel, uniform, &[tokens, &block.buffer, out], grid_1d(groups)))
         })
         .collect()
 }

@@ -70,5 +70,5 @@ pub fn layernorm_at(
         _pad: [0; 3],
     };
     let uniform = ctx.uniform("layernorm params", &params);
-    Ok(ctx.dispatch(&kernel, &[&uniform, x, weight, bias, y], grid_1d(params.rows)))
+    Ok(ctx.dispatch(&kernel, uniform, &[x, weight, bias, y], grid_1d(params.rows)))
 }

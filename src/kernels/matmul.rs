@@ -248,7 +248,6 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
                         None => wgpu::BufferBinding { buffer: ctx.dummy_window(), offset: 0, size: None },
                     };
                     let bindings = [
-                        uniform.as_entire_binding(),
                         args.x.as_entire_binding(),
                         block.buffer.as_entire_binding(),
                         bias.as_entire_binding(),
@@ -257,17 +256,17 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
                         wgpu::BindingResource::Buffer(window),
                         block.buffer.as_entire_binding(),
                     ];
-                    (grid, ctx.dispatch_bindings(&kernel, &bindings, grid))
+                    (grid, ctx.dispatch_bindings(&kernel, uniform, &bindings, grid))
                 }
                 MatmulShape::Gemm => {
                     let grid = [block.rows.div_ceil(GEMM_TILE) as u32, args.m.div_ceil(GEMM_TILE) as u32, 1];
                     let kernel = ctx.kernel("matmul", SOURCE, "gemm", &SLOTS, &[format])?;
-                    (grid, ctx.dispatch(&kernel, &[&uniform, args.x, &block.buffer, bias, scale, args.y], grid))
+                    (grid, ctx.dispatch(&kernel, uniform, &[args.x, &block.buffer, bias, scale, args.y], grid))
                 }
                 _ => {
                     let grid = [block.rows.div_ceil(GEMV_ROWS) as u32, to_u32(args.m, "m")?, 1];
                     let kernel = ctx.kernel("matmul", SOURCE, "gemv", &SLOTS, &[format])?;
-                    (grid, ctx.dispatch(&kernel, &[&uniform, args.x, &block.buffer, bias, scale, args.y], grid))
+                    (grid, ctx.dispatch(&kernel, uniform, &[args.x, &block.buffer, bias, scale, args.y], grid))
                 }
             };
             if grid[0] > MAX_GRID_DIM || grid[1] > MAX_GRID_DIM {

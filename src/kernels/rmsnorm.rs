@@ -63,5 +63,5 @@ pub fn rmsnorm_at(
         _pad: [0; 3],
     };
     let uniform = ctx.uniform("rmsnorm params", &params);
-    Ok(ctx.dispatch(&kernel, &[&uniform, x, weight, y], grid_1d(params.rows)))
+    Ok(ctx.dispatch(&kernel, uniform, &[x, weight, y], grid_1d(params.rows)))
 }

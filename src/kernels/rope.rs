@@ -76,5 +76,5 @@ pub fn rope(ctx: &GpuContext, table: &RopeTable, args: &RopeArgs) -> Result<Disp
     };
     let uniform = ctx.uniform("rope params", &params);
     let pairs = args.rows * args.n_heads * d / 2;
-    Ok(ctx.dispatch(&kernel, &[&uniform, &table.buffer, args.data], grid_1d(to_u32(pairs.div_ceil(256), "grid")?)))
+    Ok(ctx.dispatch(&kernel, uniform, &[&table.buffer, args.data], grid_1d(to_u32(pairs.div_ceil(256), "grid")?)))
 }

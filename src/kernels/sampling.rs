@@ -28,7 +28,7 @@ pub fn argmax(ctx: &GpuContext, logits: &wgpu::Buffer, offset: usize, n: usize, 
     let kernel = ctx.kernel("sampling", SOURCE, "argmax", &SLOTS, &[])?;
     let params = Params { n: to_u32(n, "n")?, offset: to_u32(offset, "offset")?, k: 0, inv_temperature: 1.0 };
     let uniform = ctx.uniform("argmax params", &params);
-    Ok(ctx.dispatch(&kernel, &[&uniform, logits, result], [1, 1, 1]))
+    Ok(ctx.dispatch(&kernel, uniform, &[logits, result], [1, 1, 1]))
 }
 
 /// Number of u32 words [`top_k`] writes for a given k.
@@ -59,7 +59,7 @@ pub fn top_k(
     let kernel = ctx.kernel("sampling", SOURCE, "topk", &SLOTS, &[])?;
     let params = Params { n: to_u32(n, "n")?, offset: to_u32(offset, "offset")?, k: to_u32(k, "k")?, inv_temperature: 1.0 / temperature };
     let uniform = ctx.uniform("top_k params", &params);
-    Ok(ctx.dispatch(&kernel, &[&uniform, logits, result], [1, 1, 1]))
+    Ok(ctx.dispatch(&kernel, uniform, &[logits, result], [1, 1, 1]))
 }
 
 /// The decoded top-k summary.

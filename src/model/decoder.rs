@@ -44,7 +44,11 @@ pub struct ImagePrefixes {
     /// The adapter that made them ([`super::AdapterModel::id`]): prefixes
     /// come from the adapter's visual branch, prompts and wk/wv scales.
     pub adapter_id: u64,
+    /// Unique per prepared image (a decode plan is built for one).
+    pub id: u64,
 }
+
+static NEXT_PREFIXES_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What `forward` returns on the GPU.
 pub struct ForwardOutput {
@@ -53,6 +57,8 @@ pub struct ForwardOutput {
     /// Logits of those rows, [rows, vocab].
     pub logits: wgpu::Buffer,
     pub rows: usize,
+    /// The token ids the pass embeds (a decode plan rewrites them each step).
+    pub tokens: wgpu::Buffer,
 }
 
 impl Model {
@@ -121,7 +127,7 @@ impl Model {
         }
         ctx.queue.submit([encoder.finish()]);
         self.run(&d)?;
-        Ok(ImagePrefixes { layers, adapter_id: self.adapter.id })
+        Ok(ImagePrefixes { layers, adapter_id: self.adapter.id, id: NEXT_PREFIXES_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) })
     }
 
     /// Runs the decoder over `tokens` at absolute positions `start_pos..`,
@@ -208,7 +214,7 @@ impl Model {
         d.push(rmsnorm_at(ctx, &h, first * dim, self.adapter.weights.vector("llama.norm.weight")?, &hidden, 0, rows, dim, cfg.norm_eps)?);
         let logits = ctx.activations("logits", (rows * cfg.vocab_size * 4) as u64);
         d.extend(self.linear(&Linear::plain(self.base.weights.matrix("output.weight")?), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
-        Ok((d, ForwardOutput { hidden, logits, rows }))
+        Ok((d, ForwardOutput { hidden, logits, rows, tokens: token_buf }))
     }
 
     /// Greedy next token of the last row of `out` (reads back 8 bytes).

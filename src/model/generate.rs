@@ -11,6 +11,7 @@ use crate::text::tokenizer::EOS;
 use crate::util::Rng;
 
 use super::decoder::{ForwardOutput, ImagePrefixes};
+use super::plan::{DecodePlan, Pick, StepResult};
 use super::{Model, ModelError};
 
 #[derive(Debug, Clone)]
@@ -100,31 +101,45 @@ impl Model {
         let mut stopped_by_caller = false;
 
         let t0 = Instant::now();
-        let mut out = self.forward(prompt_ids, 0, image, false)?;
+        let out = self.forward(prompt_ids, 0, image, false)?;
         let mut next = self.choose(&out, opts, &mut rng, &mut logits_kept).await?;
+        drop(out);
         let prefill = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
+        // Decode steps replay the session's plan (built once per adapter and picture).
+        let mut plan: Option<DecodePlan> = None;
         let mut pos = prompt_ids.len();
-        loop {
-            if next == EOS {
-                stopped = true;
-                break;
+        let result: Result<(), ModelError> = async {
+            loop {
+                if next == EOS {
+                    stopped = true;
+                    break;
+                }
+                generated.push(next);
+                let full = self.base.tokenizer.decode(&generated)?;
+                let go_on = on_token(next, full.get(text.len()..).unwrap_or(""));
+                text = full;
+                if !go_on {
+                    stopped_by_caller = true;
+                    break;
+                }
+                if generated.len() >= opts.max_new_tokens {
+                    break;
+                }
+                if plan.is_none() {
+                    plan = Some(self.session.take_plan(self, image)?);
+                }
+                let step_plan = plan.as_mut().expect("just built");
+                next = self.decode_step(step_plan, next, pos, opts, &mut rng, &mut logits_kept).await?;
+                pos += 1;
             }
-            generated.push(next);
-            let full = self.base.tokenizer.decode(&generated)?;
-            let go_on = on_token(next, full.get(text.len()..).unwrap_or(""));
-            text = full;
-            if !go_on {
-                stopped_by_caller = true;
-                break;
-            }
-            if generated.len() >= opts.max_new_tokens {
-                break;
-            }
-            out = self.forward(&[next], pos, image, false)?;
-            pos += 1;
-            next = self.choose(&out, opts, &mut rng, &mut logits_kept).await?;
+            Ok(())
         }
+        .await;
+        if let Some(plan) = plan {
+            self.session.put_plan(plan);
+        }
+        result?;
         let decode = t1.elapsed().as_secs_f64();
         let decoded_steps = generated.len().saturating_sub(1).max(1);
         Ok(Generation {
@@ -143,6 +158,27 @@ impl Model {
         })
     }
 
+    /// One decode step through the plan: token `token` at `pos` in, the next token out.
+    async fn decode_step(&self, plan: &mut DecodePlan, token: u32, pos: usize, opts: &GenerateOptions, rng: &mut Rng, kept: &mut Vec<Vec<f32>>) -> Result<u32, ModelError> {
+        let pick = if opts.temperature == 0.0 { Pick::Greedy } else { Pick::TopK { temperature: opts.temperature } };
+        plan.submit(self, token, pos, pick)?;
+        let result = plan.finish(self).await?;
+        if opts.keep_logits {
+            kept.push(self.ctx.read(&plan.out.logits, 0, self.config.llama.vocab_size).await?);
+        }
+        match result {
+            StepResult::Token(t) => Ok(t),
+            StepResult::Summary(summary) => {
+                let u = rng.uniform();
+                if let Some(t) = summary.sample_top_p(opts.temperature, opts.top_p as f64, u) {
+                    return Ok(t);
+                }
+                // The nucleus is wider than the summary: the slow path, on the plan's logits.
+                self.choose_wide(&plan.out, opts, u).await
+            }
+        }
+    }
+
     /// The next token from the last row of `out`.
     async fn choose(&self, out: &ForwardOutput, opts: &GenerateOptions, rng: &mut Rng, kept: &mut Vec<Vec<f32>>) -> Result<u32, ModelError> {
         let vocab = self.config.llama.vocab_size;
@@ -154,6 +190,13 @@ impl Model {
             return self.argmax_token(out).await;
         }
         let u = rng.uniform();
+        self.choose_wide(out, opts, u).await
+    }
+
+    /// Temperature + top-p with uniform draw `u`, reading back as few candidates as the nucleus needs.
+    async fn choose_wide(&self, out: &ForwardOutput, opts: &GenerateOptions, u: f64) -> Result<u32, ModelError> {
+        let vocab = self.config.llama.vocab_size;
+        let offset = (out.rows - 1) * vocab;
         let ctx = &self.ctx;
         for k in SAMPLE_K {
             let k = k.min(vocab);

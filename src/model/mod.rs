@@ -11,6 +11,7 @@ pub mod config;
 pub mod decoder;
 pub mod generate;
 pub mod loader;
+pub mod plan;
 pub mod vision;
 pub mod weights;
 
@@ -139,6 +140,8 @@ pub struct Session {
     pub bytes: u64,
     /// Set while a generation runs: a second one is refused, never interleaved.
     busy: std::cell::Cell<bool>,
+    /// The decode plan of the last generation (reused while adapter and picture stay).
+    plan: std::cell::RefCell<Option<plan::DecodePlan>>,
 }
 
 impl Session {
@@ -150,7 +153,20 @@ impl Session {
             cache_k.push(ctx.activations("cache k", cache_bytes));
             cache_v.push(ctx.activations("cache v", cache_bytes));
         }
-        Session { cache_k, cache_v, bytes: 2 * cache_bytes * llama.n_layers as u64, busy: std::cell::Cell::new(false) }
+        Session { cache_k, cache_v, bytes: 2 * cache_bytes * llama.n_layers as u64, busy: std::cell::Cell::new(false), plan: Default::default() }
+    }
+
+    /// The plan for this adapter and these prefixes: the kept one, or a new one.
+    pub fn take_plan(&self, model: &Model, image: &decoder::ImagePrefixes) -> Result<plan::DecodePlan, ModelError> {
+        let key = (model.adapter.id, image.id);
+        match self.plan.borrow_mut().take() {
+            Some(p) if p.key == key => Ok(p),
+            _ => plan::DecodePlan::new(model, image),
+        }
+    }
+
+    pub fn put_plan(&self, plan: plan::DecodePlan) {
+        *self.plan.borrow_mut() = Some(plan);
     }
 
     /// Marks the session busy until the guard drops; `Busy` if it already is.

@@ -1,0 +1,113 @@
+//! The decode plan (src/model/plan.rs): a decode step replays dispatches
+//! built once, so after the first step no GPU buffer or bind group is
+//! created, each step submits exactly once and reads back at most 1 KiB,
+//! and the tokens are those of the step-by-step forward path (greedy) and
+//! top-k summary of the step's own logits (sampling).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use common::gpu_shared;
+use llama_adapter_web::convert::checkpoint::{convert, ConvertOptions};
+use llama_adapter_web::format::quant::QuantFormat;
+use llama_adapter_web::model::config::ChannelOrder;
+use llama_adapter_web::model::plan::{DecodePlan, Pick, StepResult, PLAN_TOP_K};
+use llama_adapter_web::model::Model;
+use llama_adapter_web::text::prompt::format_prompt;
+
+const FIX: &str = "tests/fixtures/tiny";
+
+fn model(adapter: &str, quant: QuantFormat) -> Model {
+    let out: PathBuf = std::env::temp_dir().join(format!("la-plan-{}-{adapter}-{}", std::process::id(), quant.name()));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = ConvertOptions { quant, v_num_heads: Some(2), channel_order: ChannelOrder::Rgb, ..Default::default() };
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &Path::new(FIX).join(format!("adapter_{adapter}.pth")), &out, &opts).unwrap();
+    Model::load_dirs(Rc::new(gpu_shared()), &out.join("base"), &out.join("adapter")).unwrap()
+}
+
+fn picture(size: usize) -> Vec<f32> {
+    let bytes = std::fs::read("tests/fixtures/images/franz-kafka.jpg").unwrap();
+    llama_adapter_web::image::clip_preprocess(&bytes, size as u32, ChannelOrder::Rgb).unwrap()
+}
+
+fn token(r: StepResult) -> u32 {
+    match r {
+        StepResult::Token(t) => t,
+        other => panic!("expected a token, got {other:?}"),
+    }
+}
+
+#[test]
+fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
+    // LoRA + new_gate: the adapter with the most dispatches per step.
+    for adapter in ["lora", "early"] {
+        let model = model(adapter, QuantFormat::Q4);
+        let ctx = model.ctx.clone();
+        let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
+        let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+        let out = model.forward(&prompt, 0, &prefixes, false).unwrap();
+        let first = model.argmax_token_blocking(&out).unwrap();
+
+        // Reference: every step rebuilt from scratch (the pre-plan path).
+        let steps = 40;
+        let mut want = vec![first];
+        for i in 0..steps {
+            let out = model.forward(&[*want.last().unwrap()], prompt.len() + i, &prefixes, false).unwrap();
+            want.push(model.argmax_token_blocking(&out).unwrap());
+        }
+
+        let mut plan = DecodePlan::new(&model, &prefixes).unwrap();
+        let mut got = vec![first];
+        let mut after_first = None;
+        for i in 0..steps {
+            let before = ctx.object_counts();
+            plan.submit(&model, *got.last().unwrap(), prompt.len() + i, Pick::Greedy).unwrap();
+            got.push(token(pollster::block_on(plan.finish(&model)).unwrap()));
+            let now = ctx.object_counts();
+            assert_eq!(now.submits - before.submits, 1, "{adapter}: step {i} submitted {} times", now.submits - before.submits);
+            match after_first {
+                None => after_first = Some(now),
+                Some(c) => assert_eq!((now.buffers, now.bind_groups), (c.buffers, c.bind_groups), "{adapter}: step {i} created GPU objects"),
+            }
+        }
+        assert_eq!(got, want, "{adapter}: the plan decodes other tokens than the forward path");
+        // The parameter blocks that move per step, per layer: RoPE of q and of k,
+        // attention, the k and v matmuls writing the cache row (and their LoRA halves).
+        let layers = model.config.llama.n_layers;
+        let per_layer = 5 + if model.config.adapter.w_lora { 2 } else { 0 };
+        assert_eq!(plan.moving_blocks(), per_layer * layers, "{adapter}: moving parameter blocks");
+        assert!(plan.dispatches_per_step() > 4 * layers);
+    }
+}
+
+#[test]
+fn sampling_steps_read_the_top_k_summary_of_the_row_and_create_nothing() {
+    let model = model("bias", QuantFormat::F32);
+    let ctx = model.ctx.clone();
+    let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
+    let mut plan = DecodePlan::new(&model, &prefixes).unwrap();
+    let prompt = model.base.tokenizer.encode_prompt(&format_prompt("Describe the picture.", None)).unwrap();
+    model.forward(&prompt, 0, &prefixes, false).unwrap();
+    // The summary of a step equals the top-k kernel run on that step's logits from the forward path.
+    let pos = prompt.len();
+    plan.submit(&model, 450, pos, Pick::TopK { temperature: 0.7 }).unwrap();
+    let summary = match pollster::block_on(plan.finish(&model)).unwrap() {
+        StepResult::Summary(s) => s,
+        other => panic!("expected a summary, got {other:?}"),
+    };
+    assert_eq!(summary.entries.len(), PLAN_TOP_K);
+    let logits = model.read_f32(&plan.out.logits, model.config.llama.vocab_size).unwrap();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
+    let top: Vec<u32> = order[..PLAN_TOP_K].iter().map(|i| *i as u32).collect();
+    assert_eq!(summary.entries.iter().map(|e| e.1).collect::<Vec<_>>(), top, "the summary's candidates are the row's top k, in order");
+    // A second sampling step creates nothing and reads back 520 bytes at most.
+    let before = ctx.object_counts();
+    plan.submit(&model, summary.entries[0].1, pos + 1, Pick::TopK { temperature: 0.7 }).unwrap();
+    pollster::block_on(plan.finish(&model)).unwrap();
+    let after = ctx.object_counts();
+    assert_eq!((after.buffers, after.bind_groups, after.submits), (before.buffers, before.bind_groups, before.submits + 1));
+    assert!(llama_adapter_web::kernels::sampling::top_k_words(PLAN_TOP_K) * 4 <= 1024);
+}
