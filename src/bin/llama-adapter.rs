@@ -162,14 +162,15 @@ struct GenerateArgs {
     model: PathBuf,
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// PNG or JPEG picture.
+    /// PNG or JPEG picture; without it the instruction is answered text-only
+    /// (the model sees the all-zero picture, spec §4).
     #[arg(long)]
-    image: PathBuf,
-    /// The instruction.
-    #[arg(long)]
+    image: Option<PathBuf>,
+    /// The instruction (may start with '-').
+    #[arg(long, allow_hyphen_values = true)]
     prompt: String,
-    /// Optional input paragraph (selects the template with input).
-    #[arg(long)]
+    /// Optional input paragraph (selects the template with input; may start with '-').
+    #[arg(long, allow_hyphen_values = true)]
     input: Option<String>,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
@@ -247,10 +248,14 @@ fn run_generate(ctx: GpuContext, a: GenerateArgs) -> Result<(), Box<dyn std::err
     let start = Instant::now();
     let model = Model::load_dirs(Rc::new(ctx), &base_dir, &adapter_dir)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image.display()))?;
     let size = model.config.clip.image_size as u32;
-    let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size, model.config.adapter.channel_order)
-        .map_err(|e| format!("{}: {e}", a.image.display()))?;
+    let pixels = match &a.image {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            llama_adapter_web::image::clip_preprocess(&bytes, size, model.config.adapter.channel_order).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => vec![0.0; 3 * (size * size) as usize],
+    };
     if a.prompt.trim().is_empty() {
         return Err("the prompt is empty".into());
     }

@@ -28,6 +28,21 @@ use crate::model::loader::{adapter_host_names, base_host_names, fit, AdapterPlan
 use crate::model::{format_code, AdapterModel, BaseModel, Model, ModelError};
 use crate::text::prompt::format_prompt;
 
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str);
+}
+
+/// A panic is a bug: say where in the console before the wasm traps (the
+/// worker then reports code `internal` and starts afresh on the next load).
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| console_error(&format!("llama-adapter-web: internal error (a bug, please report it): {info}"))));
+    });
+}
+
 /// A JS `Error` with a `code` property.
 fn js_error(code: &str, message: &str) -> JsValue {
     let error = js_sys::Error::new(message);
@@ -312,6 +327,7 @@ where
 impl Engine {
     /// Opens the GPU device. Throws code `no-webgpu` where there is none.
     pub async fn create() -> Result<Engine, JsValue> {
+        install_panic_hook();
         let ctx = open_gpu().await?;
         Ok(Engine {
             inner: Rc::new(Inner {
