@@ -42,6 +42,35 @@ enum Command {
     },
 }
 
+/// The shape of a `bench` random model.
+#[derive(clap::Args)]
+struct ShapeArgs {
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    #[arg(long, default_value_t = 8)]
+    layers: usize,
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    #[arg(long, default_value_t = 1376)]
+    ffn: usize,
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
+    #[arg(long, default_value = "q4")]
+    quant: String,
+    /// CLIP tower width and depth (ViT-L/14 is 1024 × 24).
+    #[arg(long, default_value_t = 256)]
+    clip_width: usize,
+    #[arg(long, default_value_t = 4)]
+    clip_layers: usize,
+}
+
+impl ShapeArgs {
+    fn shape(&self) -> Result<BenchShape, String> {
+        let quant = QuantFormat::parse(&self.quant).ok_or_else(|| format!("unknown --quant {:?} (expected f32, f16, q8 or q4)", self.quant))?;
+        Ok(BenchShape { dim: self.dim, layers: self.layers, heads: self.heads, ffn: self.ffn, vocab: self.vocab, quant, clip_width: self.clip_width, clip_layers: self.clip_layers, max_seq_len: 512 })
+    }
+}
+
 #[derive(Subcommand)]
 enum BenchWhat {
     /// A seeded random model end to end: vision, prefill, decode.
@@ -49,23 +78,8 @@ enum BenchWhat {
         /// Preset: 7b (LLaMA-7B + ViT-L/14), or none to use the flags.
         #[arg(long)]
         shape: Option<String>,
-        #[arg(long, default_value_t = 512)]
-        dim: usize,
-        #[arg(long, default_value_t = 8)]
-        layers: usize,
-        #[arg(long, default_value_t = 8)]
-        heads: usize,
-        #[arg(long, default_value_t = 1376)]
-        ffn: usize,
-        #[arg(long, default_value_t = 32000)]
-        vocab: usize,
-        #[arg(long, default_value = "q4")]
-        quant: String,
-        /// CLIP tower width and depth (ViT-L/14 is 1024 × 24).
-        #[arg(long, default_value_t = 256)]
-        clip_width: usize,
-        #[arg(long, default_value_t = 4)]
-        clip_layers: usize,
+        #[command(flatten)]
+        model: ShapeArgs,
         #[arg(long, default_value_t = 128)]
         prompt: usize,
         #[arg(long, default_value_t = 32)]
@@ -78,22 +92,8 @@ enum BenchWhat {
     WriteModel {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 512)]
-        dim: usize,
-        #[arg(long, default_value_t = 8)]
-        layers: usize,
-        #[arg(long, default_value_t = 8)]
-        heads: usize,
-        #[arg(long, default_value_t = 1376)]
-        ffn: usize,
-        #[arg(long, default_value_t = 32000)]
-        vocab: usize,
-        #[arg(long, default_value = "q4")]
-        quant: String,
-        #[arg(long, default_value_t = 256)]
-        clip_width: usize,
-        #[arg(long, default_value_t = 4)]
-        clip_layers: usize,
+        #[command(flatten)]
+        model: ShapeArgs,
         /// Largest shard file, in bytes.
         #[arg(long, default_value_t = 16 << 20)]
         shard_bytes: u64,
@@ -400,9 +400,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // Conversion and package writing need no GPU.
     let command = match cli.command {
         Command::Convert(a) => return run_convert(a),
-        Command::Bench { what: BenchWhat::WriteModel { out, dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, shard_bytes } } => {
-            let quant = QuantFormat::parse(&quant).ok_or_else(|| format!("unknown --quant {quant:?}"))?;
-            let shape = BenchShape { dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, max_seq_len: 512 };
+        Command::Bench { what: BenchWhat::WriteModel { out, model, shard_bytes } } => {
+            let shape = model.shape()?;
             write_random_packages(&out, &shape, 7, shard_bytes.max(1))?;
             println!("wrote {}/base and {}/adapter (the `bench model` random model, seed 7)", out.display(), out.display());
             return Ok(());
@@ -415,12 +414,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Convert(a) => run_convert(a)?,
         Command::Generate(a) => run_generate(ctx, a)?,
         Command::Eval(a) => run_eval(ctx, a)?,
-        Command::Bench { what: BenchWhat::Model { shape, dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, prompt, new_tokens, json } } => {
-            let quant = QuantFormat::parse(&quant).ok_or_else(|| format!("unknown --quant {quant:?}"))?;
+        Command::Bench { what: BenchWhat::Model { shape, model, prompt, new_tokens, json } } => {
+            let flags = model.shape()?;
             let shape = match shape.as_deref() {
-                Some("7b") => BenchShape::seven_b(quant),
+                Some("7b") => BenchShape::seven_b(flags.quant),
                 Some(other) => return Err(format!("unknown --shape {other:?} (expected 7b)").into()),
-                None => BenchShape { dim, layers, heads, ffn, vocab, quant, clip_width, clip_layers, max_seq_len: 512 },
+                None => flags,
             };
             eprintln!("building a random {shape:?} model…");
             let ctx = Rc::new(ctx);
