@@ -379,7 +379,20 @@ impl Engine {
         if let Some(b) = &base_plan {
             packages.insert(0, &b.package);
         }
-        let report = fit(&adapter_plan.config, &packages, &inner.ctx.info, None).map_err(|e| js_error("does-not-fit", &e.to_string()))?;
+        let report = fit(&adapter_plan.config, &packages, &inner.ctx.info, None).map_err(|e| {
+            // Needed vs offered, as numbers a page can show.
+            let error = js_error("does-not-fit", &e.to_string());
+            let r = &e.report;
+            for (key, value) in [
+                ("totalBytes", r.total_bytes),
+                ("largestBinding", r.largest_binding),
+                ("maxStorageBinding", r.max_storage_binding),
+                ("maxBufferSize", r.max_buffer_size),
+            ] {
+                let _ = js_sys::Reflect::set(&error, &key.into(), &(value as f64).into());
+            }
+            error
+        })?;
         let total_bytes = packages.iter().map(|p| p.transfer_bytes()).sum();
         let plan = LoadPlanReport { base: base_plan.as_ref().map(|b| package_report(&b.package)), adapter: package_report(&adapter_plan.package), fit: report, total_bytes };
         inner.state.borrow_mut().pending = Some(PendingLoad { base_plan, adapter_plan, base_upload: None, adapter_upload: None, tokenizer: None });

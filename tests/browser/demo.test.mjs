@@ -25,11 +25,13 @@ let browser;
 let server;
 let port;
 let chromium;
+const requests = [];
+const onRequest = (r) => requests.push(r.url);
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
   ({ chromium } = await loadPlaywright());
-  server = await serve({ root: WWW, port: 0 });
+  server = await serve({ root: WWW, port: 0, onRequest });
   port = server.port;
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 });
@@ -172,6 +174,28 @@ test('a file that is not a picture gives the friendly error', { timeout: 60_000 
   assert.equal(await main.evaluate(() => window.llamaDemo.state.picture?.name), 'shapes-1.png');
 });
 
+test('pictures arrive by drop and by paste too', { timeout: 60_000 }, async () => {
+  const route = async (kind, example) =>
+    main.evaluate(
+      async ({ kind, example }) => {
+        const blob = await (await fetch(`models/default/examples/${example}`)).blob();
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], example, { type: 'image/png' }));
+        if (kind === 'paste') document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+        else document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      },
+      { kind, example },
+    );
+  await route('drop', 'shapes-3.png');
+  await main.waitForFunction(() => window.llamaDemo.state.picture?.name === 'shapes-3.png');
+  await route('paste', 'shapes-2.png');
+  await main.waitForFunction(() => window.llamaDemo.state.picture?.name === 'shapes-2.png');
+  assert.equal(await main.locator('#notice').isVisible(), false);
+  await pickExample(main, 0);
+  // Picking reads the file asynchronously: wait for it rather than race it.
+  await main.waitForFunction(() => window.llamaDemo.state.picture?.name === 'shapes-1.png', null, { timeout: 10_000 });
+});
+
 test('a prompt over the context gives the friendly error', { timeout: 60_000 }, async () => {
   await settings(main, { maxNewTokens: 64 });
   await main.fill('#instruction', 'shape colour circle '.repeat(400));
@@ -196,6 +220,36 @@ test('a lost GPU device shows "Reload model", which brings the model back', { ti
   await settings(main, { maxNewTokens: 32, temperature: 0 });
   const run = await ask(main, 'Describe this image.');
   assert.equal(run.text.trim(), NATIVE_ANSWER);
+});
+
+test('model picker: same base, another adapter URL swaps the adapter only; a bad URL is a friendly error', { timeout: 120_000 }, async () => {
+  await main.check('#model-custom');
+  await main.fill('#base-url', url('models/default/base/manifest.json'));
+  await main.fill('#adapter-url', url('models/default/adapter/manifest.json?copy=2'));
+  assert.equal(await main.locator('#load-button').innerText(), 'Swap adapter');
+  requests.length = 0;
+  await loadModel(main);
+  const load = await main.evaluate(() => window.llamaDemo.state.lastLoad);
+  assert.equal(load.swap, true, 'setAdapter was used');
+  assert.ok(requests.some((u) => u.startsWith('/models/default/adapter/manifest.json')), `adapter manifest fetched: ${requests}`);
+  assert.deepEqual(requests.filter((u) => u.startsWith('/models/default/base/')), [], 'nothing of the base fetched');
+  assert.match(await main.locator('#model-info').innerText(), /copy=2/);
+  await settings(main, { maxNewTokens: 32, temperature: 0 });
+  const run = await ask(main, 'Describe this image.');
+  assert.equal(run.text.trim(), NATIVE_ANSWER);
+
+  // A URL with no model behind it.
+  await main.fill('#base-url', url('models/nothing-here/manifest.json'));
+  await main.click('#load-button');
+  await main.waitForSelector('#notice:not([hidden])', { timeout: 60_000 });
+  assert.equal(await main.locator('#notice').getAttribute('data-code'), 'network');
+  assert.match(await main.locator('#notice-title').innerText(), /download failed/i);
+  await shot(main, 'error-bad-url');
+  await main.click('#notice-dismiss');
+  // Back to the built-in model (the failed load unloaded the old one).
+  await main.check('#model-default');
+  await loadModel(main);
+  await pickExample(main, 0);
 });
 
 test('keyboard only: tab order reaches every control, and a question can be asked', { timeout: 180_000 }, async () => {
@@ -290,7 +344,7 @@ test('offline: after one visit the page loads from the service worker and answer
     assert.equal(run.text.trim(), NATIVE_ANSWER);
     await shot(main, 'offline-answer');
   } finally {
-    server = await serve({ root: WWW, port });
+    server = await serve({ root: WWW, port, onRequest });
     await mainContext.setOffline(false);
   }
 });
@@ -301,7 +355,7 @@ test('storage panel lists the model cache and deleting it empties it', { timeout
   const listed = await main.locator(`#storage-list li[data-cache="${MODEL_CACHE}"]`).innerText();
   for (const f of ['base/manifest.json', 'base/shard-000.bin', 'base/tokenizer.json', 'adapter/manifest.json', 'adapter/shard-000.bin']) assert.ok(listed.includes(f), `lists ${f}`);
   assert.match(listed, /MB/);
-  assert.match(await main.locator('#storage-summary').innerText(), /Models: 18\.\d MB in 5 files/);
+  assert.match(await main.locator('#storage-summary').innerText(), /Models: 18\.\d MB in [56] files/);
   await main.click('#storage-delete');
   await main.waitForFunction(() => document.getElementById('storage-summary').dataset.modelFiles === '0');
   assert.match(await main.locator('#storage-summary').innerText(), /No models downloaded/);
@@ -380,6 +434,15 @@ test('the page has the PWA pieces: manifest, icons, charset', { timeout: 30_000 
     await page.goto(url());
     await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 60_000 });
     assert.equal(await pageError(page), null);
+    // Chromium's own installability check (manifest, icons, service worker with a fetch handler).
+    await swReady(page);
+    const cdp = await context.newCDPSession(page);
+    const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+    // (Playwright's contexts are incognito profiles, which Chromium never offers to install.)
+    const blocking = installabilityErrors.filter((e) => e.errorId !== 'in-incognito');
+    assert.deepEqual(blocking, [], JSON.stringify(installabilityErrors));
+    const { errors } = await cdp.send('Page.getAppManifest');
+    assert.deepEqual(errors, [], JSON.stringify(errors));
     assert.equal(await page.evaluate(() => document.characterSet), 'UTF-8');
   } finally {
     await context.close();

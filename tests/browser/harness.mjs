@@ -14,8 +14,6 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const WWW = path.join(ROOT, 'www');
 export const BIN = path.join(ROOT, 'target/release/llama-adapter');
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-/** Development only: LAW_MOCK_PKG=1 serves tests/browser/mock-pkg as /pkg (no Rust build, no real outputs). */
-export const MOCK_PKG = process.env.LAW_MOCK_PKG === '1';
 
 export const WEBGPU_ARGS = ['--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan'];
 export const COMMON_ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -28,7 +26,6 @@ export const PROMPTS = {
 };
 
 export function requireBinary() {
-  if (MOCK_PKG) return;
   if (!fs.existsSync(BIN)) {
     throw new Error(`${path.relative(ROOT, BIN)} is missing: run \`cargo build --release\` first (the browser tests compare with the native tool)`);
   }
@@ -58,10 +55,6 @@ let fixturesMemo = null;
 export function fixtures() {
   if (fixturesMemo) return fixturesMemo;
   requireBinary();
-  if (MOCK_PKG) {
-    fixturesMemo = mockFixtures();
-    return fixturesMemo;
-  }
   const stamp = [BIN, path.join(TINY, 'adapter_lora.pth'), path.join(TINY, 'adapter_bias.pth'), path.join(WWW, 'models/default/base/manifest.json'), path.join(WWW, 'models/default/adapter/manifest.json')]
     .map((f) => {
       const s = fs.statSync(f);
@@ -74,7 +67,10 @@ export function fixtures() {
     fixturesMemo = JSON.parse(fs.readFileSync(done, 'utf8'));
     return fixturesMemo;
   }
-  fs.rmSync(dir, { recursive: true, force: true });
+  // Fixtures of older binaries are stale: drop them.
+  for (const old of fs.existsSync(path.dirname(dir)) ? fs.readdirSync(path.dirname(dir)) : []) {
+    if (old !== 'mock') fs.rmSync(path.join(path.dirname(dir), old), { recursive: true, force: true });
+  }
   fs.mkdirSync(dir, { recursive: true });
   const convert = (adapter, out) =>
     run([
@@ -104,33 +100,6 @@ export function sha256(bytes) {
   return sha(bytes);
 }
 
-/** Mock mode: fake many-shard packages (real sha256s), no native outputs. */
-function mockFixtures() {
-  const dir = path.join(os.tmpdir(), 'llama-adapter-web-browser-tests', 'mock');
-  fs.rmSync(dir, { recursive: true, force: true });
-  const make = (pkgDir, kind, nShards, shardBytes, extra) => {
-    fs.mkdirSync(pkgDir, { recursive: true });
-    const shards = [];
-    for (let i = 0; i < nShards; i++) {
-      const bytes = Buffer.alloc(shardBytes, (i * 37 + kind.length) & 0xff);
-      const file = `shard-${String(i).padStart(3, '0')}.bin`;
-      fs.writeFileSync(path.join(pkgDir, file), bytes);
-      shards.push({ file, bytes: bytes.length, sha256: sha(bytes) });
-    }
-    fs.writeFileSync(path.join(pkgDir, 'manifest.json'), JSON.stringify({ format: 'llama-adapter-web', version: 1, kind, config: { llama: { max_seq_len: 512 } }, ...extra(pkgDir), shards }));
-  };
-  const base = (d) => {
-    const tok = Buffer.from('{"mock":"tokenizer"}');
-    fs.writeFileSync(path.join(d, 'tokenizer.json'), tok);
-    return { tokenizer: { file: 'tokenizer.json', bytes: tok.length, sha256: sha(tok) } };
-  };
-  for (const name of ['lora', 'bias']) {
-    make(path.join(dir, name, 'base'), 'base', 12, 65536, base);
-    make(path.join(dir, name, 'adapter'), 'adapter', 6, 65536 - (name === 'bias' ? 7 : 0), () => ({}));
-  }
-  return { dir, lora: path.join(dir, 'lora'), bias: path.join(dir, 'bias'), native: null };
-}
-
 function sha(bytes) {
   return crypto.createHash('sha256').update(bytes).digest('hex');
 }
@@ -138,7 +107,6 @@ function sha(bytes) {
 /** Starts the server: www/ at /, the test page at /test/, extra mounts as given. */
 export async function serve(extraMounts = {}) {
   const mounts = { '/': WWW, '/test/': path.join(ROOT, 'tests/browser'), '/fixtures/': path.join(ROOT, 'tests/fixtures'), ...extraMounts };
-  if (MOCK_PKG) mounts['/pkg/'] = path.join(ROOT, 'tests/browser/mock-pkg');
   return startServer({ mounts });
 }
 
@@ -182,12 +150,9 @@ export function packageFiles(dir) {
 
 export const MiB = 1024 * 1024;
 
-/** Asserts browser ids equal the native tool's (mock mode: only the count). */
+/** Asserts browser ids equal the native tool's. */
 export function assertSameIds(assert, got, native, what) {
-  if (MOCK_PKG || native == null) {
-    assert.ok(Array.isArray(got) && got.length > 0, `${what}: some ids`);
-    return;
-  }
+  assert.ok(Array.isArray(native) && native.length > 0, `${what}: the native tool gave ids`);
   assert.deepEqual(got, native, `${what}: token ids equal the native tool's`);
 }
 
