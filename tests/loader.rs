@@ -104,12 +104,10 @@ fn many_shards_stream_one_at_a_time_and_match_one_shard() {
 #[test]
 fn a_model_that_cannot_fit_is_refused_before_any_shard_is_read() {
     let dir = converted("fit", "bias", 64 << 20);
-    for (path, value) in [("max_seq_len", 100_000_000u64)] {
-        let p = dir.join("base/manifest.json");
-        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        m["config"]["llama"][path] = serde_json::json!(value);
-        std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
-    }
+    let p = dir.join("base/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    m["config"]["llama"]["max_seq_len"] = serde_json::json!(100_000_000u64);
+    std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
     // The adapter names its base by hash: point it at the edited manifest.
     let base_sha = llama_adapter_web::format::package::sha256_hex(&manifest(&dir, "base"));
     let p = dir.join("adapter/manifest.json");
@@ -131,6 +129,11 @@ fn a_model_that_cannot_fit_is_refused_before_any_shard_is_read() {
     let plan = PackagePlan::parse("base", &serde_json::to_vec(&m).unwrap(), PackageKind::Base).unwrap();
     let e = BasePlan::new(plan).err().unwrap();
     assert!(e.to_string().contains("dim"), "{e}");
+
+    // A "manifest" of 64 MiB + 1 is refused before it is parsed.
+    let huge = vec![b' '; (64 << 20) + 1];
+    let e = PackagePlan::parse("huge", &huge, PackageKind::Base).err().unwrap();
+    assert!(matches!(e, FormatError::NotAManifest { .. }) && e.to_string().contains("at most"), "{e}");
 }
 
 #[test]

@@ -35,7 +35,8 @@ if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ];
 fi
 
 # Node packages of the browser tests (playwright-core, binaryen), from the lockfile.
-if [ -f package-lock.json ] && ! [ -d node_modules/playwright-core ]; then
+# (npm keeps node_modules/.package-lock.json: older than the lockfile, or absent, means reinstall.)
+if [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: npm ci"
   npm ci --no-audit --no-fund --silent
 fi

@@ -29,6 +29,9 @@ use super::weights::{adapter_specs, base_specs, required_gate_layers, GpuTensor,
 /// The largest shard file the loader accepts (it holds one shard at a time).
 pub const MAX_SHARD_BYTES: u64 = 1 << 30;
 
+/// The largest manifest.json accepted (LLaMA-7B's tensor table is about 0.5 MB).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 /// The largest single host-side allocation a manifest may cause (a shard, the
 /// RoPE table); wasm32 has 4 GiB of address space and browsers give less.
 pub const MAX_HOST_BYTES: u64 = 1 << 30;
@@ -45,6 +48,9 @@ pub struct PackagePlan {
 
 impl PackagePlan {
     pub fn parse(label: &str, bytes: &[u8], kind: PackageKind) -> Result<PackagePlan, FormatError> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(FormatError::NotAManifest { file: label.into(), reason: format!("{} bytes; a manifest is at most {MAX_MANIFEST_BYTES}", bytes.len()) });
+        }
         let manifest = Manifest::parse(label, bytes)?;
         if manifest.kind != kind {
             return Err(FormatError::Kind { file: label.into(), expected: kind, found: manifest.kind });

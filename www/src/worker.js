@@ -242,6 +242,12 @@ class Progress {
   }
 }
 
+const MAX_MANIFEST_BYTES = 64 << 20;
+
+function tooBigManifest(url, bytes) {
+  return makeError('bad-format', `${url} is ${bytes} bytes: that is not a model manifest (at most ${MAX_MANIFEST_BYTES} bytes). Check the URL.`, { details: { url, bytes } });
+}
+
 async function fetchManifest(url, ctx) {
   let response = null;
   let failure = null;
@@ -255,7 +261,12 @@ async function fetchManifest(url, ctx) {
     failure = makeError('network', `Could not download ${url}: ${e?.message ?? e}`, { cause: e, details: { url } });
   }
   if (!failure) {
+    // A manifest is a table of a few thousand tensors (LLaMA-7B's: ~0.5 MB):
+    // refuse what cannot be one before it is read into memory.
+    const declared = Number(response.headers.get('Content-Length') ?? 0);
+    if (declared > MAX_MANIFEST_BYTES) throw tooBigManifest(url, declared);
     const bytes = new Uint8Array(await response.arrayBuffer());
+    if (bytes.length > MAX_MANIFEST_BYTES) throw tooBigManifest(url, bytes.length);
     if (ctx.cache && !ctx.cacheFull) {
       try {
         await ctx.cache.put(url, new Response(bytes, { headers: { 'Content-Type': 'application/json' } }));
