@@ -111,3 +111,22 @@ fn sampling_steps_read_the_top_k_summary_of_the_row_and_create_nothing() {
     assert_eq!((after.buffers, after.bind_groups, after.submits), (before.buffers, before.bind_groups, before.submits + 1));
     assert!(llama_adapter_web::kernels::sampling::top_k_words(PLAN_TOP_K) * 4 <= 1024);
 }
+
+#[test]
+fn compile_pipelines_leaves_nothing_to_compile_for_a_generation() {
+    use llama_adapter_web::model::generate::GenerateOptions;
+    for adapter in ["lora", "early"] {
+        let model = model(adapter, QuantFormat::Q4);
+        model.compile_pipelines().unwrap();
+        let compiled = model.ctx.object_counts().pipelines;
+        assert!(compiled > 8, "{adapter}: {compiled} pipelines");
+        let pixels = picture(model.config.clip.image_size);
+        let prefixes = model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap();
+        let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+        for temperature in [0.0, 0.8] {
+            let opts = GenerateOptions { max_new_tokens: 6, temperature, seed: 3, ..Default::default() };
+            model.generate_blocking(&prefixes, &prompt, &opts, &mut |_, _| true).unwrap();
+        }
+        assert_eq!(model.ctx.object_counts().pipelines, compiled, "{adapter}: a generation compiled a pipeline that compile_pipelines had not");
+    }
+}

@@ -153,6 +153,8 @@ pub struct ObjectCounts {
     pub bind_groups: u64,
     /// Queue submissions (each decode step should make exactly one).
     pub submits: u64,
+    /// Compute pipelines compiled (cached by kernel, entry and constants).
+    pub pipelines: u64,
 }
 
 impl Dispatch {
@@ -425,6 +427,7 @@ impl GpuContext {
             return Err(GpuError::Validation(format!("building kernel {key}: {err}")));
         }
         let kernel = Kernel { label: format!("{name}/{entry}"), pipeline, layout };
+        self.counts.borrow_mut().pipelines += 1;
         self.kernels.borrow_mut().insert(key, kernel.clone());
         Ok(kernel)
     }

@@ -88,6 +88,12 @@ impl Model {
     /// Adapter keys/values use the base wk/wv (and their scale), no LoRA, no
     /// bias, no RoPE (spec §2.3 step 5).
     pub fn prepare_image(&self, vision: &VisionOutput) -> Result<ImagePrefixes, ModelError> {
+        self.prepare_image_with(vision, true)
+    }
+
+    /// [`Model::prepare_image`]; with `submit` false the work is built (its
+    /// pipelines compiled) but not run.
+    pub(crate) fn prepare_image_with(&self, vision: &VisionOutput, submit: bool) -> Result<ImagePrefixes, ModelError> {
         let ctx = &self.ctx;
         let (n, dim) = (self.config.llama.n_layers, self.config.llama.dim);
         let a = &self.config.adapter;
@@ -125,8 +131,10 @@ impl Model {
             let gate_name = if late { format!("llama.layers.{l}.attention.gate") } else { format!("llama.layers.{l}.attention.visual_gate") };
             layers.push(Some(LayerPrefix { keys, values, gate_name }));
         }
-        ctx.queue.submit([encoder.finish()]);
-        self.run(&d)?;
+        if submit {
+            ctx.submit_encoder(encoder);
+            self.run(&d)?;
+        }
         Ok(ImagePrefixes { layers, adapter_id: self.adapter.id, id: NEXT_PREFIXES_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) })
     }
 

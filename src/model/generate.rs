@@ -158,6 +158,28 @@ impl Model {
         })
     }
 
+    /// Creates every pipeline a generation uses (vision tower, prefixes,
+    /// prefill at 2 and 8 rows — the matmul shapes change there — the decode
+    /// step, argmax and top-k) without running GPU work, so that the first
+    /// answer does not wait on shader compilation. The browser's `compile`
+    /// load phase.
+    pub fn compile_pipelines(&self) -> Result<(), ModelError> {
+        let size = self.config.clip.image_size;
+        let vision = self.encode_image_with(&vec![0.0; 3 * size * size], false)?;
+        let prefixes = self.prepare_image_with(&vision, false)?;
+        for rows in [2, 8.min(self.config.llama.max_seq_len)] {
+            self.forward_dispatches(&vec![1; rows], 0, &prefixes, false)?;
+        }
+        let plan = DecodePlan::new(self, &prefixes)?;
+        let vocab = self.config.llama.vocab_size;
+        for k in SAMPLE_K {
+            let result = self.ctx.storage("top-k", (top_k_words(k.min(vocab)) * 4) as u64);
+            sampling::top_k(&self.ctx, &plan.out.logits, 0, vocab, k.min(vocab), 1.0, &result)?;
+        }
+        self.ctx.check()?;
+        Ok(())
+    }
+
     /// One decode step through the plan: token `token` at `pos` in, the next token out.
     async fn decode_step(&self, plan: &mut DecodePlan, token: u32, pos: usize, opts: &GenerateOptions, rng: &mut Rng, kept: &mut Vec<Vec<f32>>) -> Result<u32, ModelError> {
         let pick = if opts.temperature == 0.0 { Pick::Greedy } else { Pick::TopK { temperature: opts.temperature } };

@@ -49,6 +49,12 @@ struct BlockNames<'a> {
 impl Model {
     /// Encodes a preprocessed image (CHW f32, `image_size`²·3 values).
     pub fn encode_image(&self, image: &[f32]) -> Result<VisionOutput, ModelError> {
+        self.encode_image_with(image, true)
+    }
+
+    /// [`Model::encode_image`]; with `submit` false the work is built (its
+    /// pipelines compiled) but not run.
+    pub(crate) fn encode_image_with(&self, image: &[f32], submit: bool) -> Result<VisionOutput, ModelError> {
         let ctx = &self.ctx;
         let c = &self.config.clip;
         let a = &self.config.adapter;
@@ -127,7 +133,9 @@ impl Model {
         d.extend(self.linear(&vp, &z, 0, a.query_len, &hidden, dim, false)?);
         let visual_tokens = ctx.activations("visual tokens", (a.query_len * dim * 4) as u64);
         d.push(layernorm_at(ctx, &hidden, 0, self.adapter.weights.vector("visual_proj_norm.weight")?, self.adapter.weights.vector("visual_proj_norm.bias")?, &visual_tokens, 0, a.query_len, dim, LAYERNORM_EPS)?);
-        self.run(&d)?;
+        if submit {
+            self.run(&d)?;
+        }
         Ok(VisionOutput { clip_feats, visual_tokens })
     }
 

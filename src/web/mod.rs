@@ -448,8 +448,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Builds the model from the written shards and compiles its pipelines
-    /// (a warm-up pass over the zero picture, which text-only prompts reuse).
+    /// Builds the model from the written shards and compiles its pipelines.
     #[wasm_bindgen(js_name = finishLoad)]
     pub fn finish_load(&self) -> js_sys::Promise {
         let inner = self.inner.clone();
@@ -469,20 +468,15 @@ impl Engine {
                 (Some(_), None) => return Err(js_error("bad-input", "finishLoad before allocate")),
             };
             let model = Rc::new(model);
-            // Compile every pipeline now: vision + prefixes of the zero picture,
-            // a two-token prefill and a one-token decode step.
-            let prefixes = inner.prefixes(&model, None).await?;
-            let out = model.forward(&[1, 1], 0, &prefixes, false).map_err(fail)?;
-            model.argmax_token(&out).await.map_err(fail)?;
-            let out = model.forward(&[1], 2, &prefixes, false).map_err(fail)?;
-            model.argmax_token(&out).await.map_err(fail)?;
+            // Compile every pipeline now (nothing runs): the first answer must not wait on it.
+            model.compile_pipelines().map_err(fail)?;
             let mut state = inner.state.borrow_mut();
             let base_changed = state.model.as_ref().is_none_or(|m| !Rc::ptr_eq(&m.base, &model.base));
             if base_changed {
                 // Pictures were cropped for the old base's input size.
                 state.images.clear();
             }
-            state.text_only = Some(prefixes);
+            state.text_only = None;
             state.model = Some(model);
             Ok(JsValue::UNDEFINED)
         })
