@@ -1,12 +1,13 @@
 // The loader's cache: second loads make no shard requests, a corrupt entry is
 // evicted and fetched again, an interrupted download resumes from what was
-// stored, a failing manifest request falls back to the stored copy.
+// stored, a failing manifest request falls back to the stored copy, a full
+// quota is reported while the model runs from memory.
 // Uses the many-shard (64 KiB) LoRA package.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { attempt, call, fixtures, launch, openPage, packageFiles, serve } from './harness.mjs';
+import { assertSameIds, attempt, call, fixtures, launch, openPage, packageFiles, PROMPTS, serve } from './harness.mjs';
 
 let fx, server, browser, context, page;
 const BASE = '/m/lora/base/manifest.json';
@@ -138,4 +139,30 @@ test('cache: false fetches everything and stores nothing', async () => {
   const keys = await call(page, 'cacheKeys');
   assert.deepEqual(keys, [], 'nothing stored');
   await call(page, 'dispose', 'g');
+});
+
+test('a full storage quota is reported, and the model still loads and answers from memory', async () => {
+  // A fresh page whose origin gets a 256 KiB quota through the DevTools
+  // protocol: the first shards fit, then Cache.put throws QuotaExceededError.
+  const quotaPage = await openPage(context, server);
+  const cdp = await context.newCDPSession(quotaPage);
+  const origin = new URL(server.url('/')).origin;
+  await call(quotaPage, 'clearCache');
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 256 * 1024 });
+  try {
+    server.resetCounts();
+    const r = await load(quotaPage, 'q');
+    assert.deepEqual([...shardRequests()].sort(), [...shardPaths].sort(), 'everything came from the network');
+    assert.equal(r.info.cache.errorCode, 'quota', JSON.stringify(r.info.cache));
+    assert.match(r.info.cacheError, /quota/i, 'the reason is said for a person');
+    assert.equal(r.events.at(-1).phase, 'ready');
+    const greedy = { prompt: PROMPTS.lora.prompt, maxNewTokens: 6, temperature: 0 };
+    await call(quotaPage, 'encodeUrl', 'q', 'kafka-q', '/fixtures/images/franz-kafka.jpg');
+    const g = await call(quotaPage, 'generate', 'q', { ...greedy, imageName: 'kafka-q' });
+    assertSameIds(assert, g.tokens, fx.native.lora.generatedIds.slice(0, 6), 'answers from memory');
+    await call(quotaPage, 'dispose', 'q');
+  } finally {
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin });
+    await quotaPage.close();
+  }
 });
