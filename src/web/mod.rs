@@ -552,6 +552,13 @@ impl Engine {
         })
     }
 
+    /// Test hook: a Rust panic, as a bug would cause (the wasm traps; the
+    /// worker must report `internal` and the next load start afresh).
+    #[wasm_bindgen(js_name = panicForTesting)]
+    pub fn panic_for_testing(&self) {
+        panic!("panicForTesting was called");
+    }
+
     /// Test hook: destroys the GPU device, as a driver reset would.
     #[wasm_bindgen(js_name = destroyDevice)]
     pub fn destroy_device(&self) {

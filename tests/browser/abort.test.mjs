@@ -73,17 +73,17 @@ test('aborting a generation after 2 tokens ends it with "aborted"; the next gene
   assert.equal(r.ok, false, 'the iteration throws');
   assert.equal(r.error.code, 'aborted', r.error.message);
   assert.ok(r.error.details.tokens.length >= 2 && r.error.details.tokens.length < PROMPTS.lora.maxNewTokens, `stopped early (${r.error.details.tokens.length} tokens)`);
-  assertSameIds(assert, r.error.details.tokens, fx.native?.lora.generatedIds.slice(0, r.error.details.tokens.length), 'tokens before the abort');
+  assertSameIds(assert, r.error.details.tokens, fx.native.lora.generatedIds.slice(0, r.error.details.tokens.length), 'tokens before the abort');
 
   const g = await call(page, 'generate', 'lora', { ...greedy, imageName: 'kafka' });
-  assertSameIds(assert, g.tokens, fx.native?.lora.generatedIds, 'after the abort');
-  assert.equal(g.tokens.length, fx.native ? fx.native.lora.generatedIds.length : PROMPTS.lora.maxNewTokens);
+  assertSameIds(assert, g.tokens, fx.native.lora.generatedIds, 'after the abort');
+  assert.equal(g.tokens.length, fx.native.lora.generatedIds.length);
 
   // Leaving the loop early (break) also stops it, and the engine is idle right after.
   const b = await call(page, 'generate', 'lora', { ...greedy, imageName: 'kafka', breakAfterTokens: 3 });
   assert.equal(b.tokens.length, 3);
   const again = await call(page, 'generate', 'lora', { ...greedy, maxNewTokens: 5, imageName: 'kafka' });
-  assertSameIds(assert, again.tokens, fx.native?.lora.generatedIds.slice(0, 5), 'after break');
+  assertSameIds(assert, again.tokens, fx.native.lora.generatedIds.slice(0, 5), 'after break');
 });
 
 test('a lost device mid-generation rejects with "device-lost"; a fresh load works without a page reload', async () => {
@@ -98,6 +98,23 @@ test('a lost device mid-generation rejects with "device-lost"; a fresh load work
   await call(page, 'load', 'fresh', { base: BASE, adapter: ADAPTER });
   await call(page, 'encodeUrl', 'fresh', 'kafka2', '/fixtures/images/franz-kafka.jpg');
   const g = await call(page, 'generate', 'fresh', { ...greedy, imageName: 'kafka2' });
-  assertSameIds(assert, g.tokens, fx.native?.lora.generatedIds, 'after the device loss');
+  assertSameIds(assert, g.tokens, fx.native.lora.generatedIds, 'after the device loss');
   await call(page, 'dispose', 'fresh');
+});
+
+test('a Rust panic (a bug) becomes "internal", the model reports it from then on, and a fresh load works', async () => {
+  await call(page, 'load', 'doomed', { base: BASE, adapter: ADAPTER });
+  const r = await attempt(page, 'panic', 'doomed');
+  assert.equal(r.ok, false);
+  assert.equal(r.error.code, 'internal', r.error.message);
+  assert.equal(r.error.isLlamaAdapterError, true, 'a LlamaAdapterError, not a raw RuntimeError');
+  const after = await attempt(page, 'generate', 'doomed', { ...greedy });
+  assert.equal(after.error?.code, 'internal', 'the dead engine keeps saying so');
+  await call(page, 'dispose', 'doomed');
+
+  await call(page, 'load', 'reborn', { base: BASE, adapter: ADAPTER });
+  await call(page, 'encodeUrl', 'reborn', 'kafka3', '/fixtures/images/franz-kafka.jpg');
+  const g = await call(page, 'generate', 'reborn', { ...greedy, imageName: 'kafka3' });
+  assertSameIds(assert, g.tokens, fx.native.lora.generatedIds, 'after the panic');
+  await call(page, 'dispose', 'reborn');
 });

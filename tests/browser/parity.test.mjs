@@ -42,19 +42,17 @@ test('default model: cold load progress, peak wasm heap, and the native token id
   await call(page, 'encodeUrl', 'default', 'shapes1', `/${PROMPTS.default.image.replace(/^www\//, '')}`);
   const g = await call(page, 'generate', 'default', { ...greedy(PROMPTS.default), imageName: 'shapes1' });
   t.diagnostic(`default model: ${JSON.stringify(g.lastResult.text)}; decode ${g.lastResult.timings?.decodeTokensPerS?.toFixed?.(1)} tok/s`);
-  assertSameIds(assert, g.tokens, fx.native?.default.generatedIds, 'default model');
+  assertSameIds(assert, g.tokens, fx.native.default.generatedIds, 'default model');
   assert.deepEqual(g.lastResult.generatedIds, g.tokens, 'streamed ids = result ids');
-  if (fx.native) {
-    assert.deepEqual(g.lastResult.promptIds, fx.native.default.promptIds, 'prompt ids equal the native tool');
-    assert.equal(g.lastResult.text, fx.native.default.text, 'text equals the native tool');
-  }
+  assert.deepEqual(g.lastResult.promptIds, fx.native.default.promptIds, 'prompt ids equal the native tool');
+  assert.equal(g.lastResult.text, fx.native.default.text, 'text equals the native tool');
   assert.equal(g.pieces.join(''), g.lastResult.text, 'the streamed pieces add up to the text');
 });
 
 test('default model: an ImageBitmap of the PNG gives the same ids as its bytes', async () => {
   await call(page, 'encodeUrl', 'default', 'shapes1bitmap', '/models/default/examples/shapes-1.png', 'bitmap');
   const g = await call(page, 'generate', 'default', { ...greedy(PROMPTS.default), imageName: 'shapes1bitmap' });
-  assertSameIds(assert, g.tokens, fx.native?.default.generatedIds, 'ImageBitmap path');
+  assertSameIds(assert, g.tokens, fx.native.default.generatedIds, 'ImageBitmap path');
   await call(page, 'dispose', 'default');
 });
 
@@ -62,8 +60,8 @@ test('LoRA fixture: the native token ids', async () => {
   await call(page, 'load', 'lora', { base: '/m/lora/base/manifest.json', adapter: '/m/lora/adapter/manifest.json' });
   await call(page, 'encodeUrl', 'lora', 'kafka', '/fixtures/images/franz-kafka.jpg');
   const g = await call(page, 'generate', 'lora', { ...greedy(PROMPTS.lora), imageName: 'kafka' });
-  assertSameIds(assert, g.tokens, fx.native?.lora.generatedIds, 'LoRA');
-  if (fx.native) assert.deepEqual(g.lastResult.promptIds, fx.native.lora.promptIds);
+  assertSameIds(assert, g.tokens, fx.native.lora.generatedIds, 'LoRA');
+  assert.deepEqual(g.lastResult.promptIds, fx.native.lora.promptIds);
 });
 
 test('a second generate while one runs is refused with "busy"; the first completes', async () => {
@@ -71,7 +69,7 @@ test('a second generate while one runs is refused with "busy"; the first complet
   assert.equal(r.second.ok, false, 'the second generate fails');
   assert.equal(r.second.error.code, 'busy', r.second.error.message);
   assert.equal(r.first.ok, true, r.first.error?.message);
-  assertSameIds(assert, r.first.value.generatedIds, fx.native?.lora.generatedIds, 'the first generation');
+  assertSameIds(assert, r.first.value.generatedIds, fx.native.lora.generatedIds, 'the first generation');
 });
 
 test('bad input: a text Blob as a picture, and a prompt over the context', async () => {
@@ -85,7 +83,7 @@ test('bad input: a text Blob as a picture, and a prompt over the context', async
   assert.equal(c.error?.code, 'bad-input');
   // Still usable afterwards.
   const g = await call(page, 'generate', 'lora', { ...greedy(PROMPTS.lora), maxNewTokens: 4, imageName: 'kafka' });
-  assertSameIds(assert, g.tokens, fx.native?.lora.generatedIds.slice(0, 4), 'after bad input');
+  assertSameIds(assert, g.tokens, fx.native.lora.generatedIds.slice(0, 4), 'after bad input');
 });
 
 test('setAdapter(bias): the base stays, only adapter shards move, outputs equal native', async () => {
@@ -103,7 +101,7 @@ test('setAdapter(bias): the base stays, only adapter shards move, outputs equal 
 
   // The picture encoded before the swap still works (the engine re-derives its prefixes).
   const g = await call(page, 'generate', 'lora', { ...greedy(PROMPTS.lora), imageName: 'kafka' });
-  assertSameIds(assert, g.tokens, fx.native?.bias.generatedIds, 'bias adapter');
-  if (fx.native) assert.notDeepEqual(fx.native.bias.generatedIds, fx.native.lora.generatedIds, 'the two adapters differ (else this test proves nothing)');
+  assertSameIds(assert, g.tokens, fx.native.bias.generatedIds, 'bias adapter');
+  assert.notDeepEqual(fx.native.bias.generatedIds, fx.native.lora.generatedIds, 'the two adapters differ (else this test proves nothing)');
   await call(page, 'dispose', 'lora');
 });

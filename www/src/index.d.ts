@@ -353,6 +353,8 @@ export class LlamaAdapter {
 
   /** Test hook: destroys the GPU device as a driver reset would; later calls reject with `device-lost`. */
   _destroyDeviceForTesting(): Promise<void>;
+  /** Test hook: the engine panics as a bug would; this and later calls reject with `internal`; a new `load` works. */
+  _panicForTesting(): Promise<void>;
 }
 
 export default LlamaAdapter;

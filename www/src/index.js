@@ -646,6 +646,12 @@ export class LlamaAdapter {
     await this.#worker.call('destroyDevice');
   }
 
+  /** Test hook: makes the engine panic as a bug would. The call rejects with 'internal'; so do later calls; a new load works. */
+  async _panicForTesting() {
+    this.#alive();
+    await this.#worker.call('panic');
+  }
+
   /** Frees the GPU memory and ends the worker. Pending calls reject with 'disposed'. Safe to call twice. */
   async dispose() {
     if (this.#disposed) return;

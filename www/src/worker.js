@@ -11,7 +11,7 @@
 //                  { id, type: 'error', error }      error payload (errors.js toPayload); last message for id
 //                  { type: 'fatal', error }          the engine is unusable (wasm trap); index.js terminates us
 // Request types: checkSupport, load, setAdapter, encodeImage, encodeImageRgba,
-// releaseImage, generate, stats, destroyDevice, dispose.
+// releaseImage, generate, stats, destroyDevice, panic (test hooks), dispose.
 
 // Imported statically (not with import()) so bundlers emit one worker chunk,
 // which their default (iife) worker format needs.
@@ -128,6 +128,10 @@ async function dispatch(msg, signal) {
     case 'destroyDevice':
       // Not queued: the test hook is meant to hit a running generation.
       requireEngine().destroyDevice();
+      return true;
+    case 'panic':
+      // Test hook: a Rust panic (a wasm trap), as a bug would cause.
+      requireEngine().panicForTesting();
       return true;
     case 'dispose':
       for (const c of controllers.values()) c.abort();
