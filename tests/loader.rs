@@ -205,7 +205,7 @@ fn a_second_generation_on_a_busy_session_is_refused() {
     let outer = model
         .generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {
             if inner.is_none() {
-                inner = Some(model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).err().expect("refused while busy"));
+                inner = Some(model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).expect_err("refused while busy"));
             }
             true
         })

@@ -194,7 +194,7 @@ pub struct DoesNotFit {
 
 /// Checks that `config` (with the packages being loaded) fits a device with
 /// `info`'s limits, and within `budget` bytes of GPU memory if given.
-pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budget: Option<u64>) -> Result<FitReport, DoesNotFit> {
+pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budget: Option<u64>) -> Result<FitReport, Box<DoesNotFit>> {
     let l = &config.llama;
     let c = &config.clip;
     let a = &config.adapter;
@@ -234,7 +234,7 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
         max_buffer_size: info.max_buffer_size,
     };
     let mb = |b: u64| b as f64 / 1e6;
-    let refuse = |reason: String| DoesNotFit {
+    let refuse = |reason: String| Box::new(DoesNotFit {
         reason,
         total_mb: mb(total_bytes),
         largest_mb: mb(largest_binding),
@@ -242,7 +242,7 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
         limit_mb: mb(info.max_storage_binding),
         buffer_mb: mb(info.max_buffer_size),
         report: report.clone(),
-    };
+    });
     if largest_binding > info.max_storage_binding.min(info.max_buffer_size) {
         return Err(refuse(format!(
             "{what} needs one binding of {:.1} MB{}",
