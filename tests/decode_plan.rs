@@ -19,8 +19,10 @@ use llama_adapter_web::text::prompt::format_prompt;
 
 const FIX: &str = "tests/fixtures/tiny";
 
-fn model(adapter: &str, quant: QuantFormat) -> Model {
-    let out: PathBuf = std::env::temp_dir().join(format!("la-plan-{}-{adapter}-{}", std::process::id(), quant.name()));
+/// The tiny fixture with `adapter`, converted into a folder of this test's own
+/// (`tag`: tests run in parallel and must not share one).
+fn model(tag: &str, adapter: &str, quant: QuantFormat) -> Model {
+    let out: PathBuf = std::env::temp_dir().join(format!("la-plan-{}-{tag}-{adapter}-{}", std::process::id(), quant.name()));
     let _ = std::fs::remove_dir_all(&out);
     let opts = ConvertOptions { quant, v_num_heads: Some(2), channel_order: ChannelOrder::Rgb, ..Default::default() };
     convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &Path::new(FIX).join(format!("adapter_{adapter}.pth")), &out, &opts).unwrap();
@@ -43,7 +45,7 @@ fn token(r: StepResult) -> u32 {
 fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
     // LoRA + new_gate: the adapter with the most dispatches per step.
     for adapter in ["lora", "early"] {
-        let model = model(adapter, QuantFormat::Q4);
+        let model = model("steps", adapter, QuantFormat::Q4);
         let ctx = model.ctx.clone();
         let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
         let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
@@ -84,7 +86,7 @@ fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
 
 #[test]
 fn sampling_steps_read_the_top_k_summary_of_the_row_and_create_nothing() {
-    let model = model("bias", QuantFormat::F32);
+    let model = model("sampling", "bias", QuantFormat::F32);
     let ctx = model.ctx.clone();
     let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
     let mut plan = DecodePlan::new(&model, &prefixes).unwrap();
@@ -116,7 +118,7 @@ fn sampling_steps_read_the_top_k_summary_of_the_row_and_create_nothing() {
 fn compile_pipelines_leaves_nothing_to_compile_for_a_generation() {
     use llama_adapter_web::model::generate::GenerateOptions;
     for adapter in ["lora", "early"] {
-        let model = model(adapter, QuantFormat::Q4);
+        let model = model("compile", adapter, QuantFormat::Q4);
         model.compile_pipelines().unwrap();
         let compiled = model.ctx.object_counts().pipelines;
         assert!(compiled > 8, "{adapter}: {compiled} pipelines");
