@@ -390,7 +390,17 @@ test('update banner: a changed shell file or a new service worker is picked up, 
     await Promise.all([page.waitForEvent('load'), page.click('#update-reload')]);
     await waitForPage(page, () => document.body.dataset.ready === 'true', { what: 'the updated page' });
     assert.match(await page.evaluate(() => fetch('app.css').then((r) => r.text())), /update-test-1/);
-    let shells = (await page.evaluate(() => caches.keys())).filter((n) => n.startsWith('llama-adapter-web-shell-'));
+    // The old shell cache is deleted in the background after the switch: wait for it.
+    const shellCaches = async () => {
+      let names = [];
+      for (let i = 0; i < 50; i++) {
+        names = (await page.evaluate(() => caches.keys())).filter((n) => n.startsWith('llama-adapter-web-shell-'));
+        if (names.length === 1) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      return names;
+    };
+    let shells = await shellCaches();
     assert.equal(shells.length, 1, `one shell cache: ${shells}`);
 
     // 2. A new service worker (its version bumped): banner, reload, old caches deleted.
@@ -399,7 +409,7 @@ test('update banner: a changed shell file or a new service worker is picked up, 
     await page.waitForSelector('#update-banner:not([hidden])', { timeout: 60_000 });
     await Promise.all([page.waitForEvent('load'), page.click('#update-reload')]);
     await waitForPage(page, () => document.body.dataset.ready === 'true', { what: 'the page after the new worker' });
-    shells = (await page.evaluate(() => caches.keys())).filter((n) => n.startsWith('llama-adapter-web-shell-'));
+    shells = await shellCaches();
     assert.equal(shells.length, 1, `one shell cache: ${shells}`);
     assert.match(shells[0], /^llama-adapter-web-shell-update-test-2-/);
   } finally {
