@@ -218,3 +218,29 @@ fn a_second_generation_on_a_busy_session_is_refused() {
     let stopped = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| false).unwrap();
     assert!(stopped.stopped && stopped.generated_ids.len() == 1);
 }
+
+#[test]
+fn a_device_destroyed_mid_generation_is_device_lost_and_a_new_context_works() {
+    let dir = converted("lost", "bias", 64 << 20);
+    let model = Model::load_dirs(Rc::new(gpu_shared()), &dir.join("base"), &dir.join("adapter")).unwrap();
+    let pixels = picture(model.config.clip.image_size);
+    let prefixes = model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap();
+    let ids = model.base.tokenizer.encode_prompt(&format_prompt("Hi", None)).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 8, temperature: 0.0, ..Default::default() };
+    let mut seen = 0;
+    let e = model
+        .generate_blocking(&prefixes, &ids, &opts, &mut |_, _| {
+            seen += 1;
+            if seen == 2 {
+                model.ctx.device.destroy();
+            }
+            true
+        })
+        .expect_err("a destroyed device cannot finish the generation");
+    assert_eq!(e.code(), "device-lost", "{e}");
+    assert!(seen >= 2 && seen < 8, "stopped at the loss ({seen} tokens)");
+    // Later calls keep saying so, and a fresh context loads and answers.
+    assert_eq!(model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).expect_err("still lost").code(), "device-lost");
+    let fresh = Model::load_dirs(Rc::new(gpu_shared()), &dir.join("base"), &dir.join("adapter")).unwrap();
+    assert_eq!(greedy(&fresh, &pixels, 4).len(), 4);
+}

@@ -13,7 +13,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
 
 /// Everything that can go wrong on the GPU side, as a typed error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -489,19 +488,24 @@ impl GpuContext {
         }
         self.count_buffer();
         // Whole 16-byte words, so kernels may view any buffer as vec4s.
-        let mut padded;
-        let contents = if bytes.len() % 16 == 0 {
-            bytes
-        } else {
-            padded = bytes.to_vec();
-            padded.resize(bytes.len().next_multiple_of(16), 0);
-            &padded[..]
-        };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        // Created empty and written through the queue rather than mapped at
+        // creation: on a lost device wgpu's mapped-at-creation path panics,
+        // while a queue write just fails (the loss surfaces at the next check).
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents,
+            size: (bytes.len() as u64).next_multiple_of(16),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+            mapped_at_creation: false,
+        });
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(&buffer, 0, bytes);
+        } else {
+            // Queue writes move whole 4-byte words.
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(&buffer, 0, &padded);
+        }
+        buffer
     }
 
     /// A zeroed storage buffer of `bytes` bytes (rounded up to 16).
@@ -561,11 +565,14 @@ impl GpuContext {
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> ParamBlock {
         self.count_buffer();
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(bytemuck::bytes_of(value));
-        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        // Written through the queue, not mapped at creation (see `upload`).
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents: bytemuck::cast_slice(&words),
+            size: (words.len() as u64 * 4).next_multiple_of(16),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
+        self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
         ParamBlock { buffer, words }
     }
 

@@ -95,6 +95,7 @@ impl Model {
     /// pipelines compiled) but not run.
     pub(crate) fn prepare_image_with(&self, vision: &VisionOutput, submit: bool) -> Result<ImagePrefixes, ModelError> {
         let ctx = &self.ctx;
+        ctx.check()?;
         let (n, dim) = (self.config.llama.n_layers, self.config.llama.dim);
         let a = &self.config.adapter;
         let q = a.query_len;
@@ -151,6 +152,8 @@ impl Model {
     /// (the benchmark times them one by one).
     pub fn forward_dispatches(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
         let ctx = &self.ctx;
+        // A lost device (or an earlier GPU error) is reported before any new work is built.
+        ctx.check()?;
         let cfg = &self.config.llama;
         let (s, dim, f) = (tokens.len(), cfg.dim, cfg.ffn_hidden);
         if s == 0 {

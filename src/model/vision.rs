@@ -56,6 +56,7 @@ impl Model {
     /// pipelines compiled) but not run.
     pub(crate) fn encode_image_with(&self, image: &[f32], submit: bool) -> Result<VisionOutput, ModelError> {
         let ctx = &self.ctx;
+        ctx.check()?;
         let c = &self.config.clip;
         let a = &self.config.adapter;
         let size = c.image_size;
