@@ -19,14 +19,16 @@ const ROWWISE_SLOTS: [Slot; 8] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::R
 pub const GEMV_ROWS: usize = 8;
 pub const GEMM_TILE: usize = 64;
 
-/// One row block of a weight matrix on the GPU.
+/// One row block of a weight matrix on the GPU (clones share the buffer).
+#[derive(Clone)]
 pub struct GpuBlock {
     pub buffer: wgpu::Buffer,
     pub row_start: usize,
     pub rows: usize,
 }
 
-/// A packed weight matrix on the GPU (`rows` outputs × `cols` inputs).
+/// A packed weight matrix on the GPU (`rows` outputs × `cols` inputs; clones share the buffers).
+#[derive(Clone)]
 pub struct GpuMatrix {
     pub format: QuantFormat,
     pub rows: usize,

@@ -14,7 +14,8 @@
 //! logits = output(RMSNorm(h)·norm)
 //! ```
 //!
-//! Every linear carries its optional bias, scale and LoRA (see `Linear`).
+//! Every linear carries its optional bias, scale and LoRA (see `Linear`); the
+//! tensors are resolved once per model into `layers::DecoderWeights`.
 
 use crate::gpu::Dispatch;
 use crate::kernels::attention::{decoder_attention, DecoderAttention, Prefix, Rows};
@@ -26,7 +27,6 @@ use crate::kernels::sampling;
 
 use super::config::Fusion;
 use super::vision::VisionOutput;
-use super::weights::BIASED;
 use super::{Linear, Model, ModelError};
 
 /// The gated prefix of one layer for one image: keys and values
@@ -34,8 +34,8 @@ use super::{Linear, Model, ModelError};
 pub struct LayerPrefix {
     pub keys: wgpu::Buffer,
     pub values: wgpu::Buffer,
-    /// Which gate tensor multiplies it.
-    gate_name: String,
+    /// The gate that multiplies it (raw, per head).
+    gate: wgpu::Buffer,
 }
 
 /// Per-layer prefixes for one image (None: no adapter in that layer).
@@ -62,28 +62,6 @@ pub struct ForwardOutput {
 }
 
 impl Model {
-    /// The decoder linear `name` of layer `l` with its adapter parameters.
-    fn decoder_linear(&self, l: usize, name: &str) -> Result<Linear<'_>, ModelError> {
-        let p = format!("llama.layers.{l}.{name}");
-        let a = &self.config.adapter;
-        let lora = if a.w_lora {
-            let short = name.rsplit('.').next().unwrap();
-            let group = name.split('.').next().unwrap();
-            Some((
-                self.adapter.weights.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l1.weight"))?,
-                self.adapter.weights.matrix(&format!("llama.layers.{l}.{group}.lora_{short}_l2.weight"))?,
-            ))
-        } else {
-            None
-        };
-        Ok(Linear {
-            weight: self.base.weights.matrix(&format!("layers.{l}.{name}.weight"))?,
-            bias: if a.w_bias && BIASED.contains(&name) { Some(self.adapter.weights.vector(&format!("{p}.bias"))?) } else { None },
-            scale: self.adapter.weights.optional_vector(&format!("{p}.scale")),
-            lora,
-        })
-    }
-
     /// The prefix keys/values of every adapted layer for these visual tokens.
     /// Adapter keys/values use the base wk/wv (and their scale), no LoRA, no
     /// bias, no RoPE (spec §2.3 step 5).
@@ -124,13 +102,12 @@ impl Model {
             }
             let keys = ctx.activations("prefix k", (q * dim * 4) as u64);
             let values = ctx.activations("prefix v", (q * dim * 4) as u64);
-            for (name, out) in [("attention.wk", &keys), ("attention.wv", &values)] {
-                let full = self.decoder_linear(l, name)?;
-                let kv = Linear { weight: full.weight, bias: None, scale: full.scale, lora: None };
-                d.extend(self.linear(&kv, &input, 0, q, out, dim, false)?);
+            let layer = &self.decoder.layers[l];
+            for (linear, out) in [(&layer.wk, &keys), (&layer.wv, &values)] {
+                d.extend(self.linear(&linear.scaled_only(), &input, 0, q, out, dim, false)?);
             }
-            let gate_name = if late { format!("llama.layers.{l}.attention.gate") } else { format!("llama.layers.{l}.attention.visual_gate") };
-            layers.push(Some(LayerPrefix { keys, values, gate_name }));
+            let gate = layer.prefix_gate.clone().ok_or_else(|| ModelError::BadInput(format!("layer {l} has a prefix but no gate")))?;
+            layers.push(Some(LayerPrefix { keys, values, gate }));
         }
         if submit {
             ctx.submit_encoder(encoder);
@@ -177,15 +154,16 @@ impl Model {
         let a1 = ctx.activations("w1", (s * f * 4) as u64);
         let a3 = ctx.activations("w3", (s * f * 4) as u64);
         let gated = ctx.activations("silu gate", (s * f * 4) as u64);
-        d.extend(embedding(ctx, self.base.weights.matrix("tok_embeddings.weight")?, &token_buf, s, &h, 0)?);
+        let w = &self.decoder;
+        d.extend(embedding(ctx, &w.tok_embeddings, &token_buf, s, &h, 0)?);
 
         let head_dim = cfg.head_dim();
         for l in 0..cfg.n_layers {
-            let p = format!("llama.layers.{l}");
-            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.weights.vector(&format!("{p}.attention_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
-            d.extend(self.linear(&self.decoder_linear(l, "attention.wq")?, &xn, 0, s, &q, dim, false)?);
-            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wk")?, &xn, 0, s, &self.session.cache_k[l], start_pos * dim, dim, false)?);
-            d.extend(self.linear_at(&self.decoder_linear(l, "attention.wv")?, &xn, 0, s, &self.session.cache_v[l], start_pos * dim, dim, false)?);
+            let layer = &w.layers[l];
+            d.push(rmsnorm_at(ctx, &h, 0, &layer.attention_norm, &xn, 0, s, dim, cfg.norm_eps)?);
+            d.extend(self.linear(&layer.wq.view(), &xn, 0, s, &q, dim, false)?);
+            d.extend(self.linear_at(&layer.wk.view(), &xn, 0, s, &self.session.cache_k[l], start_pos * dim, dim, false)?);
+            d.extend(self.linear_at(&layer.wv.view(), &xn, 0, s, &self.session.cache_v[l], start_pos * dim, dim, false)?);
             d.push(rope(ctx, &self.base.rope, &RopeArgs { data: &q, rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: 0, start_pos })?);
             d.push(rope(ctx, &self.base.rope, &RopeArgs { data: &self.session.cache_k[l], rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: start_pos * dim, start_pos })?);
             let prefix = match &image.layers[l] {
@@ -193,8 +171,8 @@ impl Model {
                     keys: Rows { buffer: &lp.keys, offset: 0, stride: dim },
                     values: Rows { buffer: &lp.values, offset: 0, stride: dim },
                     len: self.config.adapter.query_len,
-                    gate: self.adapter.weights.vector(&lp.gate_name)?,
-                    new_gate: self.adapter.new_gates[l],
+                    gate: &lp.gate,
+                    new_gate: layer.new_gate,
                 }),
                 None => None,
             };
@@ -212,19 +190,19 @@ impl Model {
                     start_pos,
                 },
             )?);
-            d.extend(self.linear(&self.decoder_linear(l, "attention.wo")?, &att, 0, s, &h, dim, true)?);
-            d.push(rmsnorm_at(ctx, &h, 0, self.adapter.weights.vector(&format!("{p}.ffn_norm.weight"))?, &xn, 0, s, dim, cfg.norm_eps)?);
-            d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w1")?, &xn, 0, s, &a1, f, false)?);
-            d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w3")?, &xn, 0, s, &a3, f, false)?);
+            d.extend(self.linear(&layer.wo.view(), &att, 0, s, &h, dim, true)?);
+            d.push(rmsnorm_at(ctx, &h, 0, &layer.ffn_norm, &xn, 0, s, dim, cfg.norm_eps)?);
+            d.extend(self.linear(&layer.w1.view(), &xn, 0, s, &a1, f, false)?);
+            d.extend(self.linear(&layer.w3.view(), &xn, 0, s, &a3, f, false)?);
             d.push(elementwise::silu_gate(ctx, &a1, &a3, &gated, s * f)?);
-            d.extend(self.linear(&self.decoder_linear(l, "feed_forward.w2")?, &gated, 0, s, &h, dim, true)?);
+            d.extend(self.linear(&layer.w2.view(), &gated, 0, s, &h, dim, true)?);
         }
         let rows = if all_rows { s } else { 1 };
         let first = s - rows;
         let hidden = ctx.activations("final hidden", (rows * dim * 4) as u64);
-        d.push(rmsnorm_at(ctx, &h, first * dim, self.adapter.weights.vector("llama.norm.weight")?, &hidden, 0, rows, dim, cfg.norm_eps)?);
+        d.push(rmsnorm_at(ctx, &h, first * dim, &w.norm, &hidden, 0, rows, dim, cfg.norm_eps)?);
         let logits = ctx.activations("logits", (rows * cfg.vocab_size * 4) as u64);
-        d.extend(self.linear(&Linear::plain(self.base.weights.matrix("output.weight")?), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
+        d.extend(self.linear(&Linear::plain(&w.output), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
         Ok((d, ForwardOutput { hidden, logits, rows, tokens: token_buf }))
     }
 

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod decoder;
 pub mod generate;
+pub mod layers;
 pub mod loader;
 pub mod plan;
 pub mod vision;
@@ -195,6 +196,8 @@ pub struct Model {
     pub base: Rc<BaseModel>,
     pub adapter: Rc<AdapterModel>,
     pub session: Rc<Session>,
+    /// The decoder's tensors of this base + adapter pair, resolved once.
+    pub decoder: layers::DecoderWeights,
     /// Bytes of weights and caches on the GPU.
     pub gpu_bytes: u64,
     /// Dispatches in the last submitted forward pass (bench figure).
@@ -289,8 +292,10 @@ impl Model {
             Some(s) => s,
             None => Rc::new(Session::new(&ctx, &base.llama)),
         };
+        let decoder = layers::DecoderWeights::resolve(&config, &base.weights, &adapter.weights, &adapter.new_gates)?;
         ctx.check()?;
         Ok(Model {
+            decoder,
             gpu_bytes: base.weights.bytes + adapter.weights.bytes + session.bytes,
             ctx,
             config,

@@ -15,6 +15,7 @@ use crate::gpu::GpuError;
 use crate::kernels::matmul::GpuMatrix;
 
 use super::config::{AdapterConfig, ClipConfig, Fusion, LlamaConfig, ModelConfig};
+use super::layers::names;
 
 /// name → (shape, optional)
 pub type TensorSpecs = HashMap<String, (Vec<usize>, bool)>;
@@ -30,11 +31,11 @@ pub fn base_specs(llama: &LlamaConfig, clip: &ClipConfig) -> TensorSpecs {
     add("norm.weight".into(), vec![d]);
     for i in 0..llama.n_layers {
         for w in ["wq", "wk", "wv", "wo"] {
-            add(format!("layers.{i}.attention.{w}.weight"), vec![d, d]);
+            add(names::base_linear(i, &format!("attention.{w}")), vec![d, d]);
         }
-        add(format!("layers.{i}.feed_forward.w1.weight"), vec![f, d]);
-        add(format!("layers.{i}.feed_forward.w2.weight"), vec![d, f]);
-        add(format!("layers.{i}.feed_forward.w3.weight"), vec![f, d]);
+        add(names::base_linear(i, "feed_forward.w1"), vec![f, d]);
+        add(names::base_linear(i, "feed_forward.w2"), vec![d, f]);
+        add(names::base_linear(i, "feed_forward.w3"), vec![f, d]);
         add(format!("layers.{i}.attention_norm.weight"), vec![d]);
         add(format!("layers.{i}.ffn_norm.weight"), vec![d]);
     }
@@ -132,10 +133,8 @@ pub fn adapter_specs(llama: &LlamaConfig, clip: &ClipConfig, a: &AdapterConfig) 
                 add(format!("{p}.{name}.scale"), vec![out], true);
             }
             if a.w_lora {
-                let short = name.rsplit('.').next().unwrap();
-                let group = name.split('.').next().unwrap();
-                add(format!("{p}.{group}.lora_{short}_l1.weight"), vec![a.lora_rank, inp], false);
-                add(format!("{p}.{group}.lora_{short}_l2.weight"), vec![out, a.lora_rank], false);
+                add(names::lora(i, name, "l1"), vec![a.lora_rank, inp], false);
+                add(names::lora(i, name, "l2"), vec![out, a.lora_rank], false);
             }
         }
         if a.w_new_gate {
