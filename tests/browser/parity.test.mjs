@@ -81,6 +81,13 @@ test('bad input: a text Blob as a picture, and a prompt over the context', async
   assert.equal(b.error.code, 'context-overflow', b.error.message);
   const c = await attempt(page, 'generate', 'lora', { prompt: 42 });
   assert.equal(c.error?.code, 'bad-input');
+  // Which option was wrong is said: the picture given straight to generate, a bad temperature.
+  const d = await attempt(page, 'completeWithBlob', 'lora', { prompt: 'What is in this picture?', maxNewTokens: 2 }, 'not a picture');
+  assert.equal(d.error?.code, 'bad-input', d.error?.message);
+  assert.equal(d.error.details?.field, 'image');
+  const e = await attempt(page, 'generate', 'lora', { prompt: 'Hi', temperature: -1 });
+  assert.equal(e.error?.code, 'bad-input');
+  assert.equal(e.error.details?.field, 'temperature');
   // Still usable afterwards.
   const g = await call(page, 'generate', 'lora', { ...greedy(PROMPTS.lora), maxNewTokens: 4, imageName: 'kafka' });
   assertSameIds(assert, g.tokens, fx.native.lora.generatedIds.slice(0, 4), 'after bad input');

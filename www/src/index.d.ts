@@ -51,7 +51,7 @@ export class LlamaAdapterError extends Error {
   /** The underlying error, where there is one. */
   readonly cause?: unknown;
   /**
-   * Machine-readable extras: e.g. `url`, `status` (network), `expected`/`actual` (integrity),
+   * Machine-readable extras: e.g. `field` (bad-input: which option of `generate` was wrong), `url`, `status` (network), `expected`/`actual` (integrity),
    * `partial` (the result so far, on an aborted generation), `trap` (internal).
    */
   readonly details: Record<string, unknown>;

@@ -577,9 +577,9 @@ export class LlamaAdapter {
       if (typeof options.prompt !== 'string') throw makeError('bad-input', 'generate() needs a prompt (a string)');
       for (const k of ['maxNewTokens', 'temperature', 'topP', 'seed']) {
         const v = options[k];
-        if (v !== undefined && v !== null && (typeof v !== 'number' || !Number.isFinite(v) || v < 0)) throw makeError('bad-input', `${k} must be a number ≥ 0 (got ${String(v)})`);
+        if (v !== undefined && v !== null && (typeof v !== 'number' || !Number.isFinite(v) || v < 0)) throw makeError('bad-input', `${k} must be a number ≥ 0 (got ${String(v)})`, { details: { field: k } });
       }
-      if (options.maxNewTokens != null && !Number.isInteger(options.maxNewTokens)) throw makeError('bad-input', 'maxNewTokens must be a whole number');
+      if (options.maxNewTokens != null && !Number.isInteger(options.maxNewTokens)) throw makeError('bad-input', 'maxNewTokens must be a whole number', { details: { field: 'maxNewTokens' } });
       if (signal?.aborted) throw abortError('The generation');
 
       let image = options.image;
@@ -588,7 +588,13 @@ export class LlamaAdapter {
         if (image.released) throw makeError('bad-input', 'This picture was released');
         image = image.handle;
       } else if (image != null && typeof image !== 'number') {
-        temporary = await this.encodeImage(image);
+        try {
+          temporary = await this.encodeImage(image);
+        } catch (e) {
+          // Say which argument was wrong: the picture, not the prompt.
+          if (e?.code === 'bad-input') throw makeError('bad-input', e.message, { cause: e, details: { ...(e.details ?? {}), field: 'image' } });
+          throw e;
+        }
         image = temporary.handle;
       }
       try {
