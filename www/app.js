@@ -443,6 +443,12 @@ function loadModel() {
         }
       } else {
         const old = state.model;
+        if (old && !old.disposed && state.api.LlamaAdapter.check) {
+          // Vet the new model (manifests, base, fit) before giving up the one in use:
+          // a wrong URL must not leave the page without a model.
+          els.progressLabel.textContent = 'Checking the model…';
+          await state.api.LlamaAdapter.check({ base: urls.base, adapter: urls.adapter, signal: controller.signal });
+        }
         state.model = null;
         state.modelUrls = null;
         releaseEncoded();

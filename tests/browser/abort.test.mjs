@@ -48,6 +48,20 @@ test('a model too big for the device is refused with "does-not-fit" before any s
   assert.equal(r.error.code, 'does-not-fit', r.error.message);
   assert.match(r.error.message, /smaller|memory/i, 'says what to do');
   assert.deepEqual(server.requests().filter(isShard), [], 'no shard requested');
+  assert.equal(r.error.details.totalBytes > r.error.details.maxBufferSize, true, `needed vs offered in details: ${JSON.stringify(r.error.details)}`);
+});
+
+test('LlamaAdapter.check vets a model without loading it: fit and size, or the error load would give', async () => {
+  server.resetCounts();
+  const ok = await call(page, 'check', { base: BASE, adapter: ADAPTER });
+  assert.ok(ok.fit.totalBytes > 0 && ok.totalBytes > 0 && ok.files === shardPaths.length, JSON.stringify(ok));
+  const huge = await attempt(page, 'check', { base: '/m/huge/base/manifest.json', adapter: '/m/huge/adapter/manifest.json' });
+  assert.equal(huge.error?.code, 'does-not-fit');
+  const missing = await attempt(page, 'check', { base: '/m/lora/missing/manifest.json', adapter: ADAPTER });
+  assert.equal(missing.error?.code, 'network');
+  const wrongBase = await attempt(page, 'check', { base: BASE, adapter: '/m/huge/adapter/manifest.json' });
+  assert.equal(wrongBase.error?.code, 'wrong-base', wrongBase.error?.message);
+  assert.deepEqual(server.requests().filter(isShard), [], 'check fetches no shard');
 });
 
 test('aborting a load mid-download rejects with "aborted"; the next load works', async () => {

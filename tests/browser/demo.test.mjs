@@ -246,7 +246,11 @@ test('model picker: same base, another adapter URL swaps the adapter only; a bad
   assert.match(await main.locator('#notice-title').innerText(), /download failed/i);
   await shot(main, 'error-bad-url');
   await main.click('#notice-dismiss');
-  // Back to the built-in model (the failed load unloaded the old one).
+  // The bad model was vetted (LlamaAdapter.check) before the one in use was let go: it still answers.
+  assert.equal(await main.evaluate(() => document.body.dataset.model), 'ready');
+  const still = await ask(main, 'Describe this image.');
+  assert.equal(still.text.trim(), NATIVE_ANSWER);
+  // Back to the built-in model.
   await main.check('#model-default');
   await loadModel(main);
   await pickExample(main, 0);

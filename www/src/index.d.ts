@@ -319,6 +319,15 @@ export class LlamaAdapter {
    */
   static load(options: LoadOptions): Promise<LlamaAdapter>;
 
+  /**
+   * Checks a base + adapter without loading them: fetches the manifests and
+   * runs every check `load` runs before its first shard (format, config,
+   * adapter-for-this-base, fit on this device). Rejects with the error `load`
+   * would give (`network`, `bad-format`, `wrong-base`, `does-not-fit`, ...).
+   * Use it to vet a new model before disposing the one in use.
+   */
+  static check(options: { base: string | URL; adapter: string | URL; signal?: AbortSignal; wasmUrl?: string | URL }): Promise<{ fit: FitReport; totalBytes: number; files: number; baseManifestSha256: string; adapterManifestSha256: string }>;
+
   /** Deletes every model this origin stored. Resolves to whether there was a cache to delete. */
   static clearCache(): Promise<boolean>;
 

@@ -500,6 +500,29 @@ export class LlamaAdapter {
   }
 
   /**
+   * Checks a base + adapter without loading them: fetches the two manifests
+   * and runs every check `load` runs before its first shard (formats, config,
+   * the adapter's base, the fit on this device), in a short-lived worker.
+   * Resolves to { fit, totalBytes, files, ... }; rejects as `load` would.
+   * A page can check a new model before disposing the one it has.
+   */
+  static async check(options = {}) {
+    if (options == null || typeof options !== 'object') throw makeError('bad-input', 'check() takes { base, adapter, signal }');
+    const { signal, wasmUrl } = options;
+    checkSignal(signal, 'check');
+    const urls = { base: absoluteUrl(options.base, 'The base model (options.base)'), adapter: absoluteUrl(options.adapter, 'The adapter (options.adapter)') };
+    if (!hasWebgpu()) throw makeError('no-webgpu', noWebgpuReason());
+    const worker = new EngineWorker();
+    try {
+      return await worker.call('check', { base: urls.base, adapter: urls.adapter, wasmUrl: wasmUrl ? absoluteUrl(wasmUrl, 'wasmUrl') : undefined }, { signal, rejectOnAbort: true });
+    } catch (e) {
+      throw e instanceof LlamaAdapterError ? e : makeError('internal', String(e?.message ?? e), { cause: e });
+    } finally {
+      worker.kill(makeError('disposed', 'check finished'));
+    }
+  }
+
+  /**
    * Downloads (or reads from the cache), verifies and uploads a base model and
    * an adapter, in a new worker. Resolves once the model can generate.
    */

@@ -108,6 +108,8 @@ async function dispatch(msg, signal) {
     }
     case 'load':
       return exclusive(() => load(msg, signal));
+    case 'check':
+      return exclusive(() => check(msg, signal));
     case 'setAdapter':
       return exclusive(() => load({ ...msg, base: null }, signal));
     case 'encodeImage':
@@ -423,6 +425,31 @@ async function obtain(item, ctx, { skipCache = false } = {}) {
     }
   }
   return bytes;
+}
+
+/**
+ * What `load` checks before any shard: both manifests (from the network, or
+ * the cache when offline), their config, the adapter's base, and the fit on
+ * this device. Nothing is downloaded or allocated beyond the manifests.
+ */
+async function check(msg, signal) {
+  const eng = await getEngine(msg.wasmUrl);
+  const cache = canHash() ? (await openModelCache()).cache : null;
+  const ctx = { signal, cache, cacheFull: true, noteCacheError() {} };
+  const [baseManifest, adapterManifest] = await Promise.all([fetchManifest(msg.base, ctx), fetchManifest(msg.adapter, ctx)]);
+  if (signal.aborted) throw abortedError('The check');
+  try {
+    const plan = plain(eng.beginLoad(baseManifest.bytes, adapterManifest.bytes, msg.base, msg.adapter));
+    return {
+      fit: plan.fit,
+      totalBytes: Number(plan.totalBytes),
+      baseManifestSha256: plan.base.manifestSha256,
+      adapterManifestSha256: plan.adapter.manifestSha256,
+      files: plan.base.shards.length + (plan.base.tokenizer ? 1 : 0) + plan.adapter.shards.length,
+    };
+  } finally {
+    eng.cancelLoad();
+  }
 }
 
 async function load(msg, outerSignal) {
