@@ -452,11 +452,8 @@ impl GpuContext {
         *self.counts.borrow()
     }
 
-    pub(crate) fn count_staging(&self) {
-        self.count_buffer();
-    }
-
-    fn count_buffer(&self) {
+    /// Counts a buffer made outside the helpers below (staging buffers).
+    pub(crate) fn count_buffer(&self) {
         self.counts.borrow_mut().buffers += 1;
     }
 

@@ -14,7 +14,7 @@ pub struct StagingReader {
 impl StagingReader {
     pub fn new(ctx: &GpuContext, capacity: u64) -> StagingReader {
         let capacity = capacity.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-        ctx.count_staging();
+        ctx.count_buffer();
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
             size: capacity,

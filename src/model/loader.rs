@@ -213,12 +213,15 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
     let weight_bytes: u64 = packages.iter().map(|p| p.gpu_bytes()).sum();
     let total_bytes = weight_bytes + kv_cache_bytes + activation_bytes;
 
-    let mut bindings: Vec<(u64, String)> = packages.iter().map(|p| p.largest_piece()).collect();
-    bindings.push((kv_layer, "one layer's KV cache".into()));
-    bindings.push((4 * ctx_len * ffn, "the FFN activations of a full-context prefill".into()));
-    bindings.push((rope, "the RoPE table".into()));
-    bindings.push((4 * vision_rows * vision_hidden, "the vision MLP activations".into()));
-    let (largest_binding, what) = bindings.into_iter().max_by_key(|b| b.0).unwrap_or_default();
+    // (bytes, what, what to do when it is too large)
+    let shorter_context = format!("convert with a smaller --max-seq-len (the context is {} tokens)", l.max_seq_len);
+    let mut bindings: Vec<(u64, String, String)> =
+        packages.iter().map(|p| p.largest_piece()).map(|(bytes, name)| (bytes, name, "convert with a smaller --quant format".to_string())).collect();
+    bindings.push((kv_layer, "one layer's KV cache".into(), shorter_context.clone()));
+    bindings.push((4 * ctx_len * ffn, "the FFN activations of a full-context prefill".into(), shorter_context.clone()));
+    bindings.push((rope, "the RoPE table".into(), shorter_context));
+    bindings.push((4 * vision_rows * vision_hidden, "the vision MLP activations".into(), "this model's vision side is too wide for the device".into()));
+    let (largest_binding, what, advice) = bindings.into_iter().max_by_key(|b| b.0).unwrap_or_default();
     let largest_shard = packages.iter().flat_map(|p| &p.manifest.shards).map(|s| s.bytes).max().unwrap_or(0);
     let largest_host_bytes = largest_shard.max(rope);
 
@@ -244,11 +247,7 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
         report: report.clone(),
     });
     if largest_binding > info.max_storage_binding.min(info.max_buffer_size) {
-        return Err(refuse(format!(
-            "{what} needs one binding of {:.1} MB{}",
-            mb(largest_binding),
-            if what.contains("KV") || what.contains("prefill") || what.contains("RoPE") { format!(" at a context of {} tokens; convert with a smaller --max-seq-len", l.max_seq_len) } else { "; convert with a smaller --piece size or a smaller format".into() }
-        )));
+        return Err(refuse(format!("{what} needs one binding of {:.1} MB; {advice}", mb(largest_binding))));
     }
     if largest_host_bytes > MAX_HOST_BYTES {
         return Err(refuse(format!("one host allocation of {:.1} MB (a shard or the RoPE table) exceeds the loader's {:.0} MB", mb(largest_host_bytes), mb(MAX_HOST_BYTES))));
@@ -361,10 +360,6 @@ impl PackageUpload {
             host: HashMap::new(),
             bytes,
         })
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
     }
 
     /// Verifies shard `index` and writes its pieces to their buffers.

@@ -200,8 +200,6 @@ pub struct Model {
     pub decoder: layers::DecoderWeights,
     /// Bytes of weights and caches on the GPU.
     pub gpu_bytes: u64,
-    /// Dispatches in the last submitted forward pass (bench figure).
-    pub last_dispatches: std::cell::Cell<usize>,
 }
 
 /// Bytes of one package, handed over by whatever reads them (files, fetch, memory).
@@ -302,7 +300,6 @@ impl Model {
             base,
             adapter,
             session,
-            last_dispatches: std::cell::Cell::new(0),
         })
     }
 
@@ -427,7 +424,6 @@ impl Model {
 
     /// Submits dispatches in one pass.
     pub(crate) fn run(&self, dispatches: &[Dispatch]) -> Result<(), GpuError> {
-        self.last_dispatches.set(dispatches.len());
         let refs: Vec<&Dispatch> = dispatches.iter().collect();
         self.ctx.submit(&refs)
     }

@@ -61,6 +61,8 @@ pub struct DecodePlan {
     /// Bytes of the top-k summary (k = PLAN_TOP_K, or the vocabulary if smaller).
     top_k_bytes: u64,
     staging: wgpu::Buffer,
+    /// Reused per step for the moved parameter words (no allocation per token).
+    words: Vec<u32>,
     /// Readback of the step in flight: bytes to read.
     pending: Option<(Pick, u64)>,
 }
@@ -107,7 +109,7 @@ impl DecodePlan {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        ctx.count_staging();
+        ctx.count_buffer();
         ctx.check()?;
         Ok(DecodePlan {
             key: (model.adapter.id, image.id),
@@ -121,6 +123,7 @@ impl DecodePlan {
             top_k_result,
             top_k_bytes,
             staging,
+            words: Vec::new(),
             pending: None,
         })
     }
@@ -164,8 +167,9 @@ impl DecodePlan {
         ctx.queue.write_buffer(&self.tokens, 0, bytemuck::bytes_of(&token));
         let p = pos as u32;
         for m in &self.moving {
-            let words: Vec<u32> = m.at_zero.iter().zip(&m.per_position).map(|(a, s)| a.wrapping_add(s.wrapping_mul(p))).collect();
-            ctx.queue.write_buffer(&self.forward[m.dispatch].params.buffer, 0, bytemuck::cast_slice(&words));
+            self.words.clear();
+            self.words.extend(m.at_zero.iter().zip(&m.per_position).map(|(a, s)| a.wrapping_add(s.wrapping_mul(p))));
+            ctx.queue.write_buffer(&self.forward[m.dispatch].params.buffer, 0, bytemuck::cast_slice(&self.words));
         }
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("decode step") });
         let (result, bytes) = {
