@@ -25,6 +25,7 @@ use std::ops::Range;
 
 use ::image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
 
+pub use crate::limits::{MAX_IMAGE_DECODED_BYTES, MAX_IMAGE_SIDE};
 use crate::model::config::ChannelOrder;
 
 /// CLIP's per-channel normalisation mean, in R, G, B order.
@@ -68,12 +69,24 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     }
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);
+    reader.limits(decode_limits());
     let decoded = reader.decode().map_err(|e| match e {
         ::image::ImageError::Unsupported(e) => ImageError::NotAnImage(e.to_string()),
         ::image::ImageError::Limits(e) => ImageError::Limits(e.to_string()),
         other => ImageError::Decode(other.to_string()),
     })?;
     Ok(to_rgb8(decoded))
+}
+
+/// The decoder's bounds ([`crate::limits`]): each side at most
+/// [`MAX_IMAGE_SIDE`], at most [`MAX_IMAGE_DECODED_BYTES`] allocated. The
+/// decoders check the header's dimensions against them before they allocate.
+pub fn decode_limits() -> ::image::Limits {
+    let mut limits = ::image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_DECODED_BYTES);
+    limits
 }
 
 /// Converts a decoded image to 8-bit RGB the way PIL's `.convert("RGB")` does.

@@ -17,6 +17,9 @@ pub mod model;
 pub mod reference;
 pub mod text;
 pub mod util;
+pub mod limits;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fuzzing;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;

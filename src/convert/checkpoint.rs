@@ -16,7 +16,7 @@ use serde_json::json;
 use super::pickle::{PickleError, Value};
 use super::sources::{HfClip, HfLlama, PthSource, SafetensorsSource, TensorSource};
 use super::sentencepiece::{SentencePieceError, SentencePieceModel};
-use crate::format::package::{sha256_hex, FileEntry, FormatError, Manifest, PackageKind, PackageWriter};
+use crate::format::package::{read_bounded, sha256_hex, FileEntry, FormatError, Manifest, PackageKind, PackageWriter};
 use crate::format::quant::QuantFormat;
 use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, LlamaConfig, ModelConfig};
 use crate::model::weights::{adapter_specs, base_specs};
@@ -96,7 +96,8 @@ pub fn convert(llama_dir: &Path, clip: &Path, adapter: &Path, out: &Path, opts: 
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, ConvertError> {
-    let text = std::fs::read(path).map_err(|e| ConvertError::Io(format!("{}: {e}", path.display())))?;
+    // params.json / config.json are a few hundred bytes; a manifest's bound is generous.
+    let text = read_bounded(path, crate::limits::MAX_MANIFEST_BYTES).map_err(|e| ConvertError::Io(format!("{}: {e}", path.display())))?;
     serde_json::from_slice(&text).map_err(|e| bad(&path.display().to_string(), e.to_string()))
 }
 
@@ -259,11 +260,14 @@ fn convert_base(llama_dir: &Path, clip_path: &Path, out: &Path, opts: &ConvertOp
     // Hugging Face tokenizer.json as it is.
     let sp_path = llama_dir.join("tokenizer.model");
     let tokenizer_json = if sp_path.exists() {
-        let sp_bytes = std::fs::read(&sp_path).map_err(|e| ConvertError::Io(format!("{}: {e}", sp_path.display())))?;
+        let sp_bytes = read_bounded(&sp_path, crate::limits::MAX_SENTENCEPIECE_BYTES).map_err(|e| ConvertError::Io(format!("{}: {e}", sp_path.display())))?;
         SentencePieceModel::parse(&sp_bytes)?.to_tokenizer_json()?.into_bytes()
     } else {
-        std::fs::read(llama_dir.join("tokenizer.json"))
-            .map_err(|_| bad(&llama_dir.display().to_string(), "no tokenizer.model or tokenizer.json"))?
+        let path = llama_dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(bad(&llama_dir.display().to_string(), "no tokenizer.model or tokenizer.json"));
+        }
+        read_bounded(&path, crate::limits::MAX_TOKENIZER_JSON_BYTES).map_err(|e| ConvertError::Io(format!("{}: {e}", path.display())))?
     };
     let (mut manifest, files) = w.finish(PackageKind::Base, json!({"llama": llama_cfg, "clip": clip_cfg}));
     manifest.tokenizer = Some(FileEntry { file: "tokenizer.json".into(), bytes: tokenizer_json.len() as u64, sha256: sha256_hex(&tokenizer_json) });
@@ -458,7 +462,7 @@ pub fn restore_format(base_dir: &Path, adapter_dir: &Path, out: &Path, quant: Qu
         (m, files)
     };
     let (base_manifest, base_files) = rewrite(&base);
-    let tokenizer = base.manifest.tokenizer.as_ref().map(|t| std::fs::read(base_dir.join(&t.file))).transpose().map_err(|e| ConvertError::Io(e.to_string()))?;
+    let tokenizer = base.manifest.tokenizer.as_ref().map(|t| read_bounded(&base_dir.join(&t.file), crate::limits::MAX_TOKENIZER_JSON_BYTES)).transpose().map_err(|e| ConvertError::Io(e.to_string()))?;
     let extra: Vec<(String, Vec<u8>)> = tokenizer.into_iter().map(|b| ("tokenizer.json".to_string(), b)).collect();
     let (text, _) = write_package(&out.join("base"), &base_manifest, &base_files, &extra)?;
     let (mut adapter_manifest, adapter_files) = rewrite(&adapter);

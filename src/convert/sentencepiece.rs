@@ -14,6 +14,8 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
+use crate::limits::{MAX_MERGE_WORK, MAX_PIECE_BYTES, MAX_SENTENCEPIECE_BYTES, MAX_SENTENCEPIECE_PIECES};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceType {
     Normal,
@@ -106,7 +108,14 @@ enum Field<'a> {
 }
 
 impl SentencePieceModel {
+    /// Parses a `tokenizer.model` of at most [`MAX_SENTENCEPIECE_BYTES`],
+    /// with at most [`MAX_SENTENCEPIECE_PIECES`] pieces of at most
+    /// [`MAX_PIECE_BYTES`] each (every length is checked against the data
+    /// before it is used).
     pub fn parse(data: &[u8]) -> Result<SentencePieceModel, SentencePieceError> {
+        if data.len() as u64 > MAX_SENTENCEPIECE_BYTES {
+            return Err(SentencePieceError::Corrupt(format!("{} bytes; a tokenizer model is at most {MAX_SENTENCEPIECE_BYTES}", data.len())));
+        }
         let mut model = SentencePieceModel {
             pieces: Vec::new(),
             model_type: 1,
@@ -117,7 +126,12 @@ impl SentencePieceModel {
         let mut r = Reader { data, pos: 0 };
         while let Some((field, value)) = r.field()? {
             match (field, value) {
-                (1, Field::Bytes(b)) => model.pieces.push(parse_piece(b)?),
+                (1, Field::Bytes(b)) => {
+                    if model.pieces.len() >= MAX_SENTENCEPIECE_PIECES {
+                        return Err(SentencePieceError::Corrupt(format!("pieces: more than {MAX_SENTENCEPIECE_PIECES}")));
+                    }
+                    model.pieces.push(parse_piece(b, model.pieces.len())?)
+                }
                 (2, Field::Bytes(b)) => {
                     let mut t = Reader { data: b, pos: 0 };
                     while let Some((f, v)) = t.field()? {
@@ -169,7 +183,12 @@ impl SentencePieceModel {
                 ids.insert(p.text.as_str(), id);
             }
         }
-        // Every split of a normal piece into two normal pieces is a merge.
+        // Every split of a normal piece into two normal pieces is a merge:
+        // looking them up costs about the square of each piece's length.
+        let work: u64 = ids.keys().map(|t| (t.len() as u64).pow(2)).sum();
+        if work > MAX_MERGE_WORK {
+            return Err(SentencePieceError::Unsupported(format!("the pieces are too long to build a merge table from (cost {work}, at most {MAX_MERGE_WORK})")));
+        }
         let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
         for (&text, &id) in &ids {
             for (cut, _) in text.char_indices().skip(1) {
@@ -219,12 +238,17 @@ impl SentencePieceModel {
     }
 }
 
-fn parse_piece(b: &[u8]) -> Result<Piece, SentencePieceError> {
+fn parse_piece(b: &[u8], index: usize) -> Result<Piece, SentencePieceError> {
     let mut r = Reader { data: b, pos: 0 };
     let mut piece = Piece { text: String::new(), score: 0.0, kind: PieceType::Normal };
     while let Some((f, v)) = r.field()? {
         match (f, v) {
-            (1, Field::Bytes(s)) => piece.text = String::from_utf8(s.to_vec()).map_err(|_| SentencePieceError::Corrupt("piece is not UTF-8".into()))?,
+            (1, Field::Bytes(s)) => {
+                if s.len() > MAX_PIECE_BYTES {
+                    return Err(SentencePieceError::Corrupt(format!("piece {index}: {} bytes; a piece is at most {MAX_PIECE_BYTES}", s.len())));
+                }
+                piece.text = std::str::from_utf8(s).map_err(|_| SentencePieceError::Corrupt(format!("piece {index} is not UTF-8")))?.to_string()
+            }
             (2, Field::Fixed32(bits)) => piece.score = f32::from_bits(bits),
             (3, Field::Varint(t)) => {
                 piece.kind = match t {

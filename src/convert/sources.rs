@@ -3,6 +3,7 @@
 //! the converter uses.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use super::checkpoint::ConvertError;
@@ -32,7 +33,7 @@ pub struct PthSource {
 impl PthSource {
     pub fn open(path: &Path) -> Result<PthSource, ConvertError> {
         let ckpt = Checkpoint::open(path)?;
-        let tensors = ckpt.tensors();
+        let tensors = ckpt.tensors()?;
         Ok(PthSource { ckpt, tensors })
     }
 }
@@ -53,29 +54,137 @@ impl TensorSource for PthSource {
     }
 }
 
-/// One or more `.safetensors` files read into memory.
+/// One tensor of a safetensors header: dtype name, shape, and its byte range
+/// in the file (absolute offsets, checked against the file's length).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetensorsEntry {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Bytes per element of the safetensors dtypes we know (`None`: sub-byte or unknown).
+fn safetensors_dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Parses and checks a safetensors header: `bytes` holds at least the
+/// file's first 8 + header-length bytes, `file_len` is the whole file's
+/// length. The header length, the number of tensors, names, ranks, element
+/// counts ([`crate::limits`]) and every byte range (inside the data, and as
+/// long as shape × dtype says) are checked with checked arithmetic; nothing
+/// is allocated from a size before it is checked.
+pub fn parse_safetensors_header(file: &str, bytes: &[u8], file_len: u64) -> Result<(u64, HashMap<String, SafetensorsEntry>), ConvertError> {
+    use crate::limits::{MAX_NAME_BYTES, MAX_SAFETENSORS_HEADER_BYTES, MAX_TENSORS, MAX_TENSOR_ELEMENTS, MAX_TENSOR_RANK};
+    let bad = |field: &str, reason: String| ConvertError::BadInput { file: file.into(), reason: format!("not a valid safetensors file: {field}: {reason}") };
+    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(|| bad("header length", format!("{} bytes, less than the 8-byte length", bytes.len())))?.try_into().unwrap());
+    if n > MAX_SAFETENSORS_HEADER_BYTES {
+        return Err(bad("header length", format!("{n} bytes; at most {MAX_SAFETENSORS_HEADER_BYTES}")));
+    }
+    let data_start = 8 + n;
+    if data_start > file_len {
+        return Err(bad("header length", format!("{n} bytes, past the end of the {file_len}-byte file")));
+    }
+    let header = bytes.get(8..data_start as usize).ok_or_else(|| bad("header length", format!("{n} bytes, past the end of the data given")))?;
+    #[derive(serde::Deserialize)]
+    struct Info {
+        dtype: String,
+        shape: Vec<u64>,
+        data_offsets: (u64, u64),
+    }
+    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(header).map_err(|e| bad("header", e.to_string()))?;
+    if map.len() > MAX_TENSORS + 1 {
+        return Err(bad("header", format!("{} tensors; at most {MAX_TENSORS}", map.len())));
+    }
+    let data_len = file_len - data_start;
+    let mut out = HashMap::new();
+    for (name, value) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let short: String = name.chars().take(64).collect();
+        if name.len() > MAX_NAME_BYTES {
+            return Err(bad("tensor name", format!("{short}...: over {MAX_NAME_BYTES} bytes")));
+        }
+        let info: Info = serde_json::from_value(value).map_err(|e| bad(&short, e.to_string()))?;
+        if info.shape.len() > MAX_TENSOR_RANK {
+            return Err(bad(&short, format!("\"shape\" has {} dimensions; at most {MAX_TENSOR_RANK}", info.shape.len())));
+        }
+        let count = info.shape.iter().try_fold(1u64, |c, &d| c.checked_mul(d).filter(|c| *c <= MAX_TENSOR_ELEMENTS));
+        let count = count.ok_or_else(|| bad(&short, format!("\"shape\" {:?} is over {MAX_TENSOR_ELEMENTS} elements", info.shape)))?;
+        let (begin, end) = info.data_offsets;
+        if begin > end || end > data_len {
+            return Err(bad(&short, format!("\"data_offsets\" [{begin}, {end}] lie outside the {data_len} bytes of data")));
+        }
+        if let Some(size) = safetensors_dtype_size(&info.dtype) {
+            if end - begin != count * size {
+                return Err(bad(&short, format!("\"data_offsets\" give {} bytes, but {} elements of {} take {}", end - begin, count, info.dtype, count * size)));
+            }
+        }
+        let shape = info.shape.iter().map(|d| *d as usize).collect(); // each at most MAX_TENSOR_ELEMENTS
+        out.insert(name, SafetensorsEntry { dtype: info.dtype, shape, start: data_start + begin, end: data_start + end });
+    }
+    Ok((data_start, out))
+}
+
+/// Reads one tensor's bytes (its range was checked by [`parse_safetensors_header`]) as f32.
+pub fn read_safetensors_f32(file: &str, key: &str, reader: &mut (impl Read + Seek), entry: &SafetensorsEntry) -> Result<Vec<f32>, ConvertError> {
+    let len = entry.end - entry.start;
+    let convert: fn(&[u8]) -> Vec<f32> = match entry.dtype.as_str() {
+        "F32" => |d| d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        "F16" => |d| d.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+        "BF16" => |d| d.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+        other => return Err(ConvertError::BadInput { file: file.into(), reason: format!("{key}: unsupported dtype {other}") }),
+    };
+    let io = |e: std::io::Error| ConvertError::Io(format!("{file}: {key}: {e}"));
+    reader.seek(std::io::SeekFrom::Start(entry.start)).map_err(io)?;
+    let mut data = Vec::new();
+    (&mut *reader).take(len).read_to_end(&mut data).map_err(io)?;
+    if data.len() as u64 != len {
+        return Err(ConvertError::BadInput { file: file.into(), reason: format!("{key}: the file ends {} bytes into a {len}-byte tensor", data.len()) });
+    }
+    Ok(convert(&data))
+}
+
+/// One or more `.safetensors` files: the headers are read when opened, each
+/// tensor's bytes when it is read (a 10 GB file is never held whole).
 pub struct SafetensorsSource {
     file: String,
-    /// key → (file index, dtype, shape, byte range in that file's data)
-    index: HashMap<String, (usize, safetensors::Dtype, Vec<usize>)>,
-    files: Vec<Vec<u8>>,
+    /// key → (file index, entry)
+    index: HashMap<String, (usize, SafetensorsEntry)>,
+    paths: Vec<std::path::PathBuf>,
 }
 
 impl SafetensorsSource {
     pub fn open(paths: &[std::path::PathBuf]) -> Result<SafetensorsSource, ConvertError> {
         let mut index = HashMap::new();
-        let mut files = Vec::new();
         for (i, path) in paths.iter().enumerate() {
-            let bytes = std::fs::read(path).map_err(|e| ConvertError::Io(format!("{}: {e}", path.display())))?;
-            let st = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| ConvertError::BadInput { file: path.display().to_string(), reason: format!("not a safetensors file: {e}") })?;
-            for (name, view) in st.tensors() {
-                index.insert(name, (i, view.dtype(), view.shape().to_vec()));
+            let name = path.display().to_string();
+            let io = |e: std::io::Error| ConvertError::Io(format!("{name}: {e}"));
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            let file_len = f.metadata().map_err(io)?.len();
+            let mut len = [0u8; 8];
+            f.read_exact(&mut len).map_err(|e| ConvertError::BadInput { file: name.clone(), reason: format!("not a safetensors file: {e}") })?;
+            let n = u64::from_le_bytes(len).min(crate::limits::MAX_SAFETENSORS_HEADER_BYTES + 1).min(file_len);
+            let mut head = len.to_vec();
+            (&mut f).take(n).read_to_end(&mut head).map_err(io)?;
+            let (_, entries) = parse_safetensors_header(&name, &head, file_len)?;
+            for (key, entry) in entries {
+                index.insert(key, (i, entry));
             }
-            files.push(bytes);
+            if index.len() > crate::limits::MAX_TENSORS {
+                return Err(ConvertError::BadInput { file: name, reason: format!("more than {} tensors", crate::limits::MAX_TENSORS) });
+            }
         }
         let file = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        Ok(SafetensorsSource { file, index, files })
+        Ok(SafetensorsSource { file, index, paths: paths.to_vec() })
     }
 }
 
@@ -87,20 +196,14 @@ impl TensorSource for SafetensorsSource {
         self.index.keys().cloned().collect()
     }
     fn shape(&self, key: &str) -> Result<Vec<usize>, ConvertError> {
-        self.index.get(key).map(|t| t.2.clone()).ok_or_else(|| missing(&self.file, key))
+        self.index.get(key).map(|t| t.1.shape.clone()).ok_or_else(|| missing(&self.file, key))
     }
     fn read(&mut self, key: &str) -> Result<Vec<f32>, ConvertError> {
-        let (i, _, _) = self.index.get(key).ok_or_else(|| missing(&self.file, key))?;
-        let st = safetensors::SafeTensors::deserialize(&self.files[*i]).map_err(|e| ConvertError::Io(e.to_string()))?;
-        let view = st.tensor(key).map_err(|e| ConvertError::Io(e.to_string()))?;
-        let data = view.data();
-        use safetensors::Dtype;
-        Ok(match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
-            other => return Err(ConvertError::BadInput { file: self.file.clone(), reason: format!("{key}: unsupported dtype {other:?}") }),
-        })
+        let (i, entry) = self.index.get(key).ok_or_else(|| missing(&self.file, key))?;
+        let path = &self.paths[*i];
+        let name = path.display().to_string();
+        let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| ConvertError::Io(format!("{name}: {e}")))?);
+        read_safetensors_f32(&name, key, &mut f, entry)
     }
 }
 

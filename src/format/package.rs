@@ -131,8 +131,9 @@ impl Manifest {
             return Err(FormatError::NotAManifest { file: file.into(), reason: format!("\"format\" is not \"{FORMAT_NAME}\"") });
         }
         if let Some(v) = value.get("version").and_then(|v| v.as_u64()) {
-            if v as u32 != FORMAT_VERSION {
-                return Err(FormatError::Version { file: file.into(), found: v as u32 });
+            // Compared as u64: a version of 2^32 + 1 must not pass for 1.
+            if v != FORMAT_VERSION as u64 {
+                return Err(FormatError::Version { file: file.into(), found: u32::try_from(v).unwrap_or(u32::MAX) });
             }
         }
         serde_json::from_value(value).map_err(|e| FormatError::NotAManifest { file: file.into(), reason: e.to_string() })
@@ -168,16 +169,35 @@ impl Manifest {
         Ok(())
     }
 
-    /// Checks what does not depend on the config: formats, pieces tiling the
-    /// rows, lengths matching the format, and byte ranges inside the shards.
+    /// Checks what does not depend on the config: the table's size, shapes
+    /// (rank, dimensions, element count within [`crate::limits`]), formats,
+    /// pieces tiling the rows, lengths matching the format, and byte ranges
+    /// inside the shards. Every size is checked before it is multiplied, so
+    /// [`TensorEntry::rows`], [`TensorEntry::cols`] and the format's byte
+    /// counts cannot overflow afterwards (on wasm32 either).
     pub fn validate_structure(&self) -> Result<(), FormatError> {
+        use crate::limits::{MAX_NAME_BYTES, MAX_TENSORS, MAX_TENSOR_ELEMENTS, MAX_TENSOR_RANK};
+        if self.tensors.len() > MAX_TENSORS {
+            return Err(FormatError::Tensor { name: "(table)".into(), reason: format!("\"tensors\": {} tensors; a package has at most {MAX_TENSORS}", self.tensors.len()) });
+        }
         for t in &self.tensors {
-            let err = |reason: String| FormatError::Tensor { name: t.name.clone(), reason };
+            let err = |reason: String| FormatError::Tensor { name: t.name.chars().take(MAX_NAME_BYTES).collect(), reason };
+            if t.name.is_empty() || t.name.len() > MAX_NAME_BYTES {
+                return Err(err(format!("\"name\": {} bytes; a tensor name has 1 to {MAX_NAME_BYTES}", t.name.len())));
+            }
+            if t.shape.is_empty() || t.shape.len() > MAX_TENSOR_RANK {
+                return Err(err(format!("\"shape\" has {} dimensions; a tensor has 1 to {MAX_TENSOR_RANK}", t.shape.len())));
+            }
+            let elements = t.shape.iter().try_fold(1u64, |n, &d| if d == 0 { None } else { n.checked_mul(d as u64).filter(|n| *n <= MAX_TENSOR_ELEMENTS) });
+            if elements.is_none() {
+                return Err(err(format!("\"shape\" {:?}: every dimension must be at least 1 and the tensor at most {MAX_TENSOR_ELEMENTS} elements", t.shape)));
+            }
             let format = t.quant().ok_or_else(|| err(format!("unknown storage format {:?}", t.format)))?;
-            let mut next_row = 0;
+            let rows = t.rows();
+            let mut next_row = 0usize;
             for p in &t.pieces {
-                if p.row_start != next_row || p.rows == 0 {
-                    return Err(err(format!("pieces do not tile the {} rows (piece at row {})", t.rows(), p.row_start)));
+                if p.row_start != next_row || p.rows == 0 || p.rows > rows - next_row {
+                    return Err(err(format!("pieces do not tile the {rows} rows (piece of {} rows at row {})", p.rows, p.row_start)));
                 }
                 next_row += p.rows;
                 let shard = self.shards.get(p.shard).ok_or_else(|| err(format!("shard {} does not exist", p.shard)))?;
@@ -186,11 +206,11 @@ impl Manifest {
                     return Err(err(format!("piece of {} rows is {} bytes, {} format needs {want}", p.rows, p.length, t.format)));
                 }
                 if p.offset.checked_add(p.length).is_none_or(|end| end > shard.bytes) {
-                    return Err(err(format!("bytes {}..{} lie outside shard {} ({} bytes)", p.offset, p.offset + p.length, shard.file, shard.bytes)));
+                    return Err(err(format!("bytes at offset {} (length {}) lie outside shard {} ({} bytes)", p.offset, p.length, shard.file, shard.bytes)));
                 }
             }
-            if next_row != t.rows() {
-                return Err(err(format!("pieces cover {next_row} of {} rows", t.rows())));
+            if next_row != rows {
+                return Err(err(format!("pieces cover {next_row} of {rows} rows")));
             }
         }
         Ok(())
@@ -272,6 +292,25 @@ impl PackageWriter {
     }
 }
 
+/// Reads a file of at most `limit` bytes; a longer one is an error, found
+/// from its metadata or, failing that, after reading `limit + 1` bytes.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let too_big = |n: u64| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{n} bytes or more; the limit is {limit}"));
+    if size > limit {
+        return Err(too_big(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// A package read into memory and verified.
 pub struct LoadedPackage {
     pub manifest: Manifest,
@@ -284,8 +323,9 @@ impl LoadedPackage {
     /// Reads `dir/manifest.json` and every shard, verifying sizes and hashes.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_dir(dir: &std::path::Path, kind: PackageKind) -> Result<LoadedPackage, FormatError> {
+        use crate::limits::{MAX_MANIFEST_BYTES, MAX_SHARD_BYTES};
         let path = dir.join("manifest.json");
-        let text = std::fs::read(&path).map_err(|e| FormatError::Io(format!("{}: {e}", path.display())))?;
+        let text = read_bounded(&path, MAX_MANIFEST_BYTES).map_err(|e| FormatError::Io(format!("{}: {e}", path.display())))?;
         let manifest = Manifest::parse(&path.display().to_string(), &text)?;
         if manifest.kind != kind {
             return Err(FormatError::Kind { file: path.display().to_string(), expected: kind, found: manifest.kind });
@@ -296,7 +336,11 @@ impl LoadedPackage {
             if entry.file.contains('/') || entry.file.contains('\\') || entry.file.starts_with('.') {
                 return Err(FormatError::Shard { file: entry.file.clone(), reason: "shard names must be plain file names".into() });
             }
-            let bytes = std::fs::read(dir.join(&entry.file)).map_err(|e| FormatError::Shard { file: entry.file.clone(), reason: e.to_string() })?;
+            if entry.bytes > MAX_SHARD_BYTES {
+                return Err(FormatError::Shard { file: entry.file.clone(), reason: format!("{} bytes; a shard is at most {MAX_SHARD_BYTES}", entry.bytes) });
+            }
+            // A file longer than the manifest says is refused without being read whole.
+            let bytes = read_bounded(&dir.join(&entry.file), entry.bytes).map_err(|e| FormatError::Shard { file: entry.file.clone(), reason: e.to_string() })?;
             verify_shard(entry, &bytes)?;
             shards.push(bytes);
         }

@@ -26,15 +26,9 @@ use crate::kernels::matmul::{GpuBlock, GpuMatrix};
 use super::config::{AdapterConfig, ClipConfig, LlamaConfig, ModelConfig};
 use super::weights::{adapter_specs, base_specs, required_gate_layers, GpuTensor, GpuWeights};
 
-/// The largest shard file the loader accepts (it holds one shard at a time).
-pub const MAX_SHARD_BYTES: u64 = 1 << 30;
-
-/// The largest manifest.json accepted (LLaMA-7B's tensor table is about 0.5 MB).
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
-
-/// The largest single host-side allocation a manifest may cause (a shard, the
-/// RoPE table); wasm32 has 4 GiB of address space and browsers give less.
-pub const MAX_HOST_BYTES: u64 = 1 << 30;
+// The bounds on what a manifest may ask for, with their reasons: src/limits.rs.
+pub use crate::limits::{MAX_HOST_BYTES, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES};
+use crate::limits::{MAX_SHARDS, MAX_TOKENIZER_JSON_BYTES};
 
 /// A manifest, parsed and structurally checked; no shard read yet.
 #[derive(Debug, Clone)]
@@ -55,7 +49,10 @@ impl PackagePlan {
         if manifest.kind != kind {
             return Err(FormatError::Kind { file: label.into(), expected: kind, found: manifest.kind });
         }
-        let plain = |name: &str| !name.is_empty() && !name.contains('/') && !name.contains('\\') && !name.starts_with('.');
+        let plain = |name: &str| !name.is_empty() && name.len() <= 255 && !name.contains('/') && !name.contains('\\') && !name.starts_with('.');
+        if manifest.shards.len() > MAX_SHARDS {
+            return Err(FormatError::NotAManifest { file: label.into(), reason: format!("\"shards\": {} shards; a package has at most {MAX_SHARDS}", manifest.shards.len()) });
+        }
         for s in &manifest.shards {
             if !plain(&s.file) {
                 return Err(FormatError::Shard { file: s.file.clone(), reason: "shard names must be plain file names".into() });
@@ -65,8 +62,8 @@ impl PackagePlan {
             }
         }
         if let Some(t) = &manifest.tokenizer {
-            if !plain(&t.file) || t.bytes > MAX_SHARD_BYTES {
-                return Err(FormatError::Shard { file: t.file.clone(), reason: "the tokenizer must be a plain file name of at most 1 GiB".into() });
+            if !plain(&t.file) || t.bytes > MAX_TOKENIZER_JSON_BYTES {
+                return Err(FormatError::Shard { file: t.file.clone(), reason: format!("\"tokenizer\": the tokenizer must be a plain file name of at most {MAX_TOKENIZER_JSON_BYTES} bytes ({} given)", t.bytes) });
             }
         }
         manifest.validate_structure()?;

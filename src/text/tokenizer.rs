@@ -12,13 +12,44 @@ pub enum TokenizerError {
     Encode(String),
 }
 
+/// Refuses the components the `tokenizers` crate cannot load safely from
+/// hostile JSON: a `Precompiled` normaliser (SentencePiece's compiled
+/// charsmap, which T5-style unigram tokenizers carry and LLaMA's do not)
+/// panics instead of failing when its data is malformed.
+fn refuse_unsafe_components(value: &serde_json::Value, at: &str) -> Result<(), TokenizerError> {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                return Err(TokenizerError::Load(format!("{at}: a \"Precompiled\" normalizer is not supported (LLaMA's tokenizer has none)")));
+            }
+            map.iter().try_for_each(|(k, v)| refuse_unsafe_components(v, k))
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(|v| refuse_unsafe_components(v, at)),
+        _ => Ok(()),
+    }
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
 
 impl Tokenizer {
+    /// Loads a `tokenizer.json` of at most
+    /// [`crate::limits::MAX_TOKENIZER_JSON_BYTES`] (serde_json also bounds
+    /// its nesting at 128).
     pub fn from_json(bytes: &[u8]) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Load(e.to_string()))?;
+        use crate::limits::MAX_TOKENIZER_JSON_BYTES;
+        if bytes.len() as u64 > MAX_TOKENIZER_JSON_BYTES {
+            return Err(TokenizerError::Load(format!("tokenizer.json is {} bytes; at most {MAX_TOKENIZER_JSON_BYTES}", bytes.len())));
+        }
+        // Parsed to a JSON value first, then checked, then deserialised from
+        // the value: the `tokenizers` crate panics (`expect("Helper")`) on a
+        // syntax error inside a decoder when it reads the text itself, and on
+        // any malformed `Precompiled` normaliser. Found by fuzzing
+        // (fuzz/regressions/tokenizer_json/).
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| TokenizerError::Load(format!("tokenizer.json is not JSON: {e}")))?;
+        refuse_unsafe_components(&value, "tokenizer.json")?;
+        let inner: tokenizers::Tokenizer = serde_json::from_value(value).map_err(|e| TokenizerError::Load(e.to_string()))?;
         Ok(Tokenizer { inner })
     }
 
