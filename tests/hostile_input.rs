@@ -304,3 +304,18 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !c
 }
+
+/// The CLI takes any prompt and input text, including text that starts with
+/// '-' (clap would read it as a flag), and `generate` answers without
+/// `--image` (text-only). Runs the default model on the GPU adapter.
+#[test]
+fn cli_prompt_starting_with_a_dash_and_no_image() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama-adapter"))
+        .args(["generate", "--model", "www/models/default", "--prompt", "-5 plus 3?", "--input", "--verbose", "--max-new-tokens", "3", "--temperature", "0", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(doc.to_string().contains("ids"), "{doc}");
+}

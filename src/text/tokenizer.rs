@@ -12,15 +12,22 @@ pub enum TokenizerError {
     Encode(String),
 }
 
-/// Refuses the components the `tokenizers` crate cannot load safely from
-/// hostile JSON: a `Precompiled` normaliser (SentencePiece's compiled
-/// charsmap, which T5-style unigram tokenizers carry and LLaMA's do not)
-/// panics instead of failing when its data is malformed.
+/// Refuses the components the `tokenizers` crate (0.23) cannot run safely
+/// from hostile JSON, each found by fuzzing (fuzz/regressions/tokenizer_json/):
+/// a `Precompiled` normaliser (SentencePiece's compiled charsmap, which
+/// T5-style unigram tokenizers carry and LLaMA's do not) panics instead of
+/// failing when its data is malformed; a `Strip` decoder with a non-zero
+/// `stop` panics when decoding a token shorter than `stop`.
 fn refuse_unsafe_components(value: &serde_json::Value, at: &str) -> Result<(), TokenizerError> {
     match value {
         serde_json::Value::Object(map) => {
-            if map.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+            let kind = map.get("type").and_then(|t| t.as_str());
+            if kind == Some("Precompiled") {
                 return Err(TokenizerError::Load(format!("{at}: a \"Precompiled\" normalizer is not supported (LLaMA's tokenizer has none)")));
+            }
+            // Strip's stop side indexes `len - i - 1` unchecked: it panics on a token shorter than `stop`.
+            if kind == Some("Strip") && map.get("stop").is_some_and(|s| s.as_u64() != Some(0)) {
+                return Err(TokenizerError::Load(format!("{at}: a \"Strip\" decoder with \"stop\" {} is not supported (LLaMA's strips 1 space at the start, none at the end)", map["stop"])));
             }
             map.iter().try_for_each(|(k, v)| refuse_unsafe_components(v, k))
         }
