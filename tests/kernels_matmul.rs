@@ -9,7 +9,7 @@
 mod common;
 
 use common::{assert_close, gpu, read_f32, run};
-use llama_adapter_web::format::quant::{PackedMatrix, QuantFormat};
+use llama_adapter_web::format::quant::{PackedMatrix, QuantFormat, Rounding};
 use llama_adapter_web::kernels::matmul::{matmul, rowwise_windows, GpuMatrix, MatmulArgs, MatmulShape};
 use llama_adapter_web::reference;
 use llama_adapter_web::util::Rng;
@@ -30,6 +30,8 @@ struct Case {
     x_pad: usize,
     /// Put x in an activations buffer (uniform-window reads for rowwise).
     window: bool,
+    /// How the Q formats round (full-range and search give negative scales and the -8 / -128 level).
+    rounding: Rounding,
 }
 
 fn check(case: &Case, seed: u64) {
@@ -37,7 +39,7 @@ fn check(case: &Case, seed: u64) {
     let Case { format, m, n, k, shape, .. } = *case;
     let mut rng = Rng::new(seed);
     let w: Vec<f32> = rng.vec_normal(n * k, 0.5);
-    let packed = PackedMatrix::pack(format, n, k, &w);
+    let packed = PackedMatrix::pack_with(format, n, k, &w, case.rounding, None);
     // x rows live at offset 3 with a stride of k + x_pad, to test addressing.
     let x_stride = k + case.x_pad;
     let x_offset = if case.window { 8 } else { 3 };
@@ -111,9 +113,26 @@ fn matmul_random_shapes_all_formats() {
                     let flags = seed % 4;
                     let x_pad = if window { 4 * (seed as usize % 2) } else { seed as usize % 5 };
                     check(
-                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window },
+                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window, rounding: Rounding::Absmax },
                         seed,
                     );
+                }
+            }
+        }
+    }
+}
+
+/// The full-range and search roundings store negative scales and use the
+/// lowest level (-8, -128); every kernel shape must read them as the CPU does.
+#[test]
+fn matmul_full_range_and_search_rounding() {
+    let mut seed = 700;
+    for format in [QuantFormat::Q8, QuantFormat::Q4] {
+        for rounding in [Rounding::FullRange, Rounding::Search] {
+            for &(m, n, k) in &[(1, 9, 33), (3, 70, 257), (12, 65, 96)] {
+                for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
+                    seed += 1;
+                    check(&Case { format, m, n, k, shape, bias: true, scale: seed % 2 == 0, accumulate: false, block_limit: None, x_pad: 1, window: false, rounding }, seed);
                 }
             }
         }
@@ -125,12 +144,12 @@ fn gemm_many_rows_all_formats() {
     for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
         for shape in [MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false },
+                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false, rounding: Rounding::Absmax },
                 100 + i as u64,
             );
         }
         check(
-            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true },
+            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax },
             200 + i as u64,
         );
     }
@@ -142,7 +161,7 @@ fn gemm_many_rows_all_formats() {
 fn rowwise_across_uniform_windows() {
     for format in [QuantFormat::Q4, QuantFormat::F32] {
         check(
-            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true },
+            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true, rounding: Rounding::Absmax },
             400,
         );
     }
@@ -155,7 +174,7 @@ fn matmul_row_blocks_cover_the_output() {
     for format in QuantFormat::ALL {
         for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true },
+                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true, rounding: Rounding::Absmax },
                 300,
             );
         }
@@ -172,7 +191,7 @@ fn gemv_7b_shapes() {
         (QuantFormat::F16, 4096, 4096),
     ] {
         for shape in [MatmulShape::Gemv, MatmulShape::Rowwise] {
-            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true }, n as u64 + k as u64);
+            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax }, n as u64 + k as u64);
         }
     }
 }
@@ -183,7 +202,7 @@ fn gemv_7b_f32_splits_over_the_binding_limit() {
     let packed_bytes = QuantFormat::F32.bytes(11008, 4096);
     assert!(packed_bytes > 128 << 20);
     check(
-        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true },
+        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true, rounding: Rounding::Absmax },
         77,
     );
 }

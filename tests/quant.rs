@@ -1,7 +1,7 @@
 //! CPU quantisation: round-trip error bounds and row-block splitting.
 
 use half::f16;
-use llama_adapter_web::format::quant::{rows_per_block, PackedMatrix, QuantFormat, QGROUP};
+use llama_adapter_web::format::quant::{rows_per_block, PackedMatrix, QuantFormat, Rounding, QGROUP};
 use llama_adapter_web::util::Rng;
 
 fn random_matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
@@ -108,4 +108,58 @@ fn seven_b_tensor_blocks() {
     assert_eq!(blocks(QuantFormat::F32, 11008, 4096), 2);
     // q4 4096×4096: 8 MiB of nibbles + 1 MiB of scales, read once per GEMV.
     assert_eq!(QuantFormat::Q4.bytes(4096, 4096), 9_437_184);
+}
+
+/// Full-range rounding: the largest-magnitude element of each group is
+/// exact up to f16 rounding of d (it sits on the lowest level), every other
+/// element is within |d|/2, or within |d| where it clamps at the top level;
+/// the search never does worse than full-range on its own weighted error,
+/// and both beat absmax on Gaussian weights (a smaller step).
+#[test]
+fn full_range_and_search_rounding() {
+    let (rows, cols) = (16, 200);
+    let w = random_matrix(rows, cols, 5);
+    let mut rng = Rng::new(6);
+    let importance: Vec<f32> = (0..cols).map(|_| (rng.uniform() * 4.0) as f32).collect();
+    for (format, qmax) in [(QuantFormat::Q8, 127.0f32), (QuantFormat::Q4, 7.0)] {
+        let full = PackedMatrix::pack_with(format, rows, cols, &w, Rounding::FullRange, None);
+        let deq = full.dequantize();
+        for r in 0..rows {
+            for g in 0..cols.div_ceil(QGROUP) {
+                let range = g * QGROUP..((g + 1) * QGROUP).min(cols);
+                let d = full.scale(r, g).abs();
+                let absmax = w[r * cols..][range.clone()].iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!((d - absmax / (qmax + 1.0)).abs() <= absmax / (qmax + 1.0) * 2f32.powi(-11) + 2f32.powi(-24));
+                for c in range {
+                    let (x, y) = (w[r * cols + c], deq[r * cols + c]);
+                    let clamped = (y - qmax * full.scale(r, g)).abs() < 1e-12;
+                    let bound = if clamped { d } else { d / 2.0 };
+                    assert!((x - y).abs() <= bound * (1.0 + 1e-5) + 1e-30, "{} ({r},{c}): {x} → {y}, |d| {d}", format.name());
+                }
+            }
+        }
+        let weighted = |p: &PackedMatrix, imp: &[f32]| -> Vec<f64> {
+            let deq = p.dequantize();
+            (0..rows * cols.div_ceil(QGROUP))
+                .map(|i| {
+                    let (r, g) = (i / cols.div_ceil(QGROUP), i % cols.div_ceil(QGROUP));
+                    (g * QGROUP..((g + 1) * QGROUP).min(cols)).map(|c| imp[c] as f64 * ((w[r * cols + c] - deq[r * cols + c]) as f64).powi(2)).sum()
+                })
+                .collect()
+        };
+        for imp in [vec![1.0; cols], importance.clone()] {
+            let search = PackedMatrix::pack_with(format, rows, cols, &w, Rounding::Search, Some(&imp));
+            for (i, (s, f)) in weighted(&search, &imp).iter().zip(weighted(&full, &imp)).enumerate() {
+                assert!(*s <= f * (1.0 + 1e-9), "{}: group {i}: search {s} > full-range {f}", format.name());
+            }
+        }
+    }
+    let g = Rng::new(9).vec_normal(64 * 4096, 0.02);
+    let rel = |r: Rounding| {
+        let deq = PackedMatrix::pack_with(QuantFormat::Q4, 64, 4096, &g, r, None).dequantize();
+        (deq.iter().zip(&g).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / g.iter().map(|b| (*b as f64).powi(2)).sum::<f64>()).sqrt()
+    };
+    let (absmax, full, search) = (rel(Rounding::Absmax), rel(Rounding::FullRange), rel(Rounding::Search));
+    println!("q4 relative RMS error on Gaussian weights: absmax {absmax:.4}, full-range {full:.4}, search {search:.4}");
+    assert!(full < absmax && search < full, "absmax {absmax}, full-range {full}, search {search}");
 }

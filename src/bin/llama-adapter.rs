@@ -14,7 +14,8 @@ use llama_adapter_web::model::Model;
 use llama_adapter_web::text::prompt::format_prompt;
 
 use llama_adapter_web::bench::{bench_matmul, bench_model, host_copy_bandwidth, write_random_packages, BenchShape};
-use llama_adapter_web::format::quant::QuantFormat;
+use llama_adapter_web::convert::quantize::{quantize_packages, FormatOverride, QuantizeOptions};
+use llama_adapter_web::format::quant::{QuantFormat, Rounding};
 use llama_adapter_web::gpu::{GpuContext, GpuOptions};
 use llama_adapter_web::kernels::matmul::MatmulShape;
 
@@ -33,6 +34,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Answer an instruction about a picture.
     Generate(GenerateArgs),
+    /// Re-store a converted base and/or adapter with another weight format (f16 → q8/q4 …).
+    Quantize(QuantizeArgs),
     /// Score a held-out question set (questions.json) through the engine.
     Eval(EvalArgs),
     /// Benchmarks.
@@ -190,6 +193,38 @@ struct GenerateArgs {
 }
 
 #[derive(clap::Args)]
+struct QuantizeArgs {
+    /// A folder holding base/ and adapter/ (both are re-stored).
+    #[arg(long, conflicts_with_all = ["base", "adapter"])]
+    model: Option<PathBuf>,
+    /// A base package folder.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// An adapter package folder (repeatable). With --base it must name that
+    /// base and is re-targeted to the new one; alone it keeps its base.
+    #[arg(long)]
+    adapter: Vec<PathBuf>,
+    /// Output folder: OUT/base and OUT/<adapter folder name>.
+    #[arg(long)]
+    out: PathBuf,
+    /// Format of the large weights: f32, f16, q8 or q4 (norms, biases, gates and prompts stay f32).
+    #[arg(long)]
+    to: String,
+    /// Q-format rounding: absmax (15 of q4's 16 levels), full-range (all levels), search (all levels, error-minimising scale).
+    #[arg(long, default_value = "absmax")]
+    rounding: String,
+    /// Store the tensors matching PATTERN (`*` = anything) in FORMAT instead, e.g. output.weight=q8 (repeatable; first match wins).
+    #[arg(long = "keep", value_name = "PATTERN=FORMAT")]
+    keep: Vec<String>,
+    /// Largest shard file, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    shard_bytes: u64,
+    /// Print one JSON object (per-tensor errors, sizes) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct EvalArgs {
     /// A folder holding base/ and adapter/, or a base package with --adapter.
     #[arg(long)]
@@ -205,6 +240,57 @@ struct EvalArgs {
     /// Print one JSON object with the accuracies.
     #[arg(long)]
     json: bool,
+    /// Save this model's greedy answers (token ids) and, per answer token,
+    /// its top-64 next-token log-probabilities: the reference for --reference.
+    #[arg(long)]
+    save_reference: Option<PathBuf>,
+    /// Forced decoding against a --save-reference file: feed the reference's
+    /// answers and report top-1 agreement and the mean KL divergence
+    /// KL(reference ‖ this model) of the next-token distributions.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// With --reference: skip the greedy answers (the forced pass alone).
+    #[arg(long, requires = "reference")]
+    forced_only: bool,
+}
+
+/// Next-token candidates a reference keeps per answer token.
+const REFERENCE_TOP: usize = 64;
+
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let log_z = max + sum.ln();
+    logits.iter().map(|&x| x as f64 - log_z).collect()
+}
+
+/// The `k` most likely tokens of a logits row as (id, log-probability).
+fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f64)> {
+    let lp = log_softmax(logits);
+    let mut ids: Vec<u32> = (0..lp.len() as u32).collect();
+    ids.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b)));
+    ids.truncate(k);
+    ids.into_iter().map(|i| (i, lp[i as usize])).collect()
+}
+
+/// KL(p ‖ q) between the reference's distribution p, known on its top
+/// tokens, and a full logits row q, over the reference's top tokens plus
+/// one outcome for all the rest: KL of the two distributions coarsened that
+/// way (at most the full KL; the rest holds ≈ nothing of p in practice).
+fn kl_on_reference_top(top: &[(u32, f64)], logits: &[f32]) -> f64 {
+    let lq = log_softmax(logits);
+    let (mut kl, mut p_top, mut q_top) = (0f64, 0f64, 0f64);
+    for &(id, lp) in top {
+        let p = lp.exp();
+        kl += p * (lp - lq[id as usize]);
+        p_top += p;
+        q_top += lq[id as usize].exp();
+    }
+    let (p_rest, q_rest) = ((1.0 - p_top).max(0.0), (1.0 - q_top).max(1e-300));
+    if p_rest > 0.0 {
+        kl += p_rest * (p_rest / q_rest).ln();
+    }
+    kl.max(0.0)
 }
 
 fn main() {
@@ -356,14 +442,61 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
         }
     };
     let empty = Vec::new();
+    // The reference to compare against, question by question in file order.
+    let reference: Option<Vec<serde_json::Value>> = match &a.reference {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(doc["questions"].as_array().cloned().ok_or_else(|| format!("{}: no \"questions\" array", path.display()))?)
+        }
+        None => None,
+    };
+    let mut saved: Vec<serde_json::Value> = Vec::new();
+    // Forced decoding: (positions, top-1 agreements, KL sum, questions, questions with a disagreement).
+    let mut forced = (0usize, 0usize, 0f64, 0usize, 0usize);
+    let mut question_index = 0usize;
+    let keep_logits = a.save_reference.is_some();
+    let gen_opts = GenerateOptions { keep_logits, ..opts.clone() };
     let mut answer_all = |pixels: &[f32], questions: &[serde_json::Value], split: &str, stats: &mut std::collections::BTreeMap<String, (usize, usize)>| -> Result<(), Box<dyn std::error::Error>> {
         let vision = model.encode_image(pixels)?;
         let prefixes = model.prepare_image(&vision)?;
         for q in questions {
             let prompt = format_prompt(q["instruction"].as_str().unwrap_or(""), None);
             let ids = model.base.tokenizer.encode_prompt(&prompt)?;
-            let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true)?;
-            score(split, q, &got.text, stats);
+            if !a.forced_only {
+                let got = model.generate_blocking(&prefixes, &ids, &gen_opts, &mut |_, _| true)?;
+                score(split, q, &got.text, stats);
+                if keep_logits {
+                    let mut answer = got.generated_ids.clone();
+                    if got.stopped_at_eos {
+                        answer.push(llama_adapter_web::text::tokenizer::EOS);
+                    }
+                    let top: Vec<Vec<(u32, f64)>> = got.logits.iter().map(|row| top_log_probs(row, REFERENCE_TOP)).collect();
+                    saved.push(serde_json::json!({"prompt_ids": ids, "answer_ids": answer, "top": top}));
+                }
+            }
+            if let Some(reference) = &reference {
+                let r = reference.get(question_index).ok_or("the reference has fewer questions than the question file")?;
+                let answer: Vec<u32> = serde_json::from_value(r["answer_ids"].clone())?;
+                let top: Vec<Vec<(u32, f64)>> = serde_json::from_value(r["top"].clone())?;
+                let ref_prompt: Vec<u32> = serde_json::from_value(r["prompt_ids"].clone())?;
+                if ref_prompt != ids || top.len() != answer.len() {
+                    return Err(format!("reference question {question_index} does not match this question file").into());
+                }
+                let rows = pollster::block_on(model.continuation_logits(&prefixes, &ids, &answer))?;
+                let mut all_agree = true;
+                for ((row, want), top) in rows.iter().zip(&answer).zip(&top) {
+                    let argmax = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+                    let agree = argmax == *want;
+                    all_agree &= agree;
+                    forced.0 += 1;
+                    forced.1 += agree as usize;
+                    forced.2 += kl_on_reference_top(top, row);
+                }
+                forced.3 += 1;
+                forced.4 += (!all_agree) as usize;
+            }
+            question_index += 1;
         }
         Ok(())
     };
@@ -382,9 +515,32 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
     let accuracy: serde_json::Map<String, serde_json::Value> =
         stats.iter().map(|(k, (ok, n))| (k.clone(), serde_json::json!({"acc": *ok as f64 / *n as f64, "n": n}))).collect();
     let differs = if vs_torch.1 > 0 { Some(vs_torch.0 as f64 / vs_torch.1 as f64) } else { None };
+    if let Some(path) = &a.save_reference {
+        let doc = serde_json::json!({"model": a.model.display().to_string(), "top": REFERENCE_TOP, "questions": saved});
+        std::fs::write(path, serde_json::to_vec(&doc)?).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let forced_json = (forced.0 > 0).then(|| {
+        serde_json::json!({
+            "positions": forced.0,
+            "top1_agreement": forced.1 as f64 / forced.0 as f64,
+            "mean_kl": forced.2 / forced.0 as f64,
+            "questions": forced.3,
+            "questions_with_a_disagreement": forced.4 as f64 / forced.3.max(1) as f64,
+        })
+    });
     if a.json {
-        println!("{}", serde_json::json!({"accuracy": accuracy, "differs_from_torch": differs, "compared": vs_torch.1, "seconds": start.elapsed().as_secs_f64(), "adapter": model.ctx.info.name}));
+        println!("{}", serde_json::json!({"accuracy": accuracy, "differs_from_torch": differs, "compared": vs_torch.1, "forced": forced_json, "seconds": start.elapsed().as_secs_f64(), "adapter": model.ctx.info.name}));
     } else {
+        if forced.0 > 0 {
+            println!(
+                "forced decoding of the reference's answers: top-1 agreement {:.2}% of {} tokens, mean KL {:.5} nats; {:.2}% of {} answers would differ",
+                100.0 * forced.1 as f64 / forced.0 as f64,
+                forced.0,
+                forced.2 / forced.0 as f64,
+                100.0 * forced.4 as f64 / forced.3.max(1) as f64,
+                forced.3
+            );
+        }
         for (k, (ok, n)) in &stats {
             println!("{k:<28} {:.3} ({ok}/{n})", *ok as f64 / *n as f64);
         }
@@ -396,10 +552,40 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
+/// Re-stores packages and prints, per tensor kind, the relative RMS error
+/// against the stored weights, and the bits per weight.
+fn run_quantize(a: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let to = QuantFormat::parse(&a.to).ok_or_else(|| format!("unknown --to {:?} (expected f32, f16, q8 or q4)", a.to))?;
+    let rounding = Rounding::parse(&a.rounding).ok_or_else(|| format!("unknown --rounding {:?} (expected absmax, full-range or search)", a.rounding))?;
+    let overrides = a.keep.iter().map(|k| FormatOverride::parse(k)).collect::<Result<Vec<_>, _>>()?;
+    let (base, adapters) = match &a.model {
+        Some(dir) => (Some(dir.join("base")), vec![dir.join("adapter")]),
+        None => (a.base.clone(), a.adapter.clone()),
+    };
+    let opts = QuantizeOptions { to, rounding, overrides, shard_bytes: a.shard_bytes.max(1), ..Default::default() };
+    let start = Instant::now();
+    let report = quantize_packages(base.as_deref(), &adapters, &a.out, &opts)?;
+    if a.json {
+        println!("{}", serde_json::json!({"tensors": report.tensors, "packages": report.packages, "bits_per_weight": report.bits_per_weight()}));
+        return Ok(());
+    }
+    println!("{:<20} {:>12} {:>12} {:>10} {:>16}", "tensor kind", "weights", "bytes", "bits/w", "rel. RMS error");
+    for (kind, n, bytes, err) in report.by_kind() {
+        println!("{kind:<20} {n:>12} {bytes:>12} {:>10.3} {:>15.2}%", 8.0 * bytes as f64 / n as f64, 100.0 * err);
+    }
+    println!("bits per weight over the re-stored tensors: {:.3}", report.bits_per_weight());
+    for (dir, bytes) in &report.packages {
+        println!("wrote {dir} ({:.3} MB)", *bytes as f64 / 1e6);
+    }
+    println!("[{:.1} s]", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // Conversion and package writing need no GPU.
     let command = match cli.command {
         Command::Convert(a) => return run_convert(a),
+        Command::Quantize(a) => return run_quantize(a),
         Command::Bench { what: BenchWhat::WriteModel { out, model, shard_bytes } } => {
             let shape = model.shape()?;
             write_random_packages(&out, &shape, 7, shard_bytes.max(1))?;
@@ -412,6 +598,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Info => println!("adapter: {}", ctx.info),
         Command::Convert(a) => run_convert(a)?,
+        Command::Quantize(a) => run_quantize(a)?,
         Command::Generate(a) => run_generate(ctx, a)?,
         Command::Eval(a) => run_eval(ctx, a)?,
         Command::Bench { what: BenchWhat::Model { shape, model, prompt, new_tokens, json } } => {

@@ -3,5 +3,6 @@
 
 pub mod checkpoint;
 pub mod pickle;
+pub mod quantize;
 pub mod sentencepiece;
 pub mod sources;

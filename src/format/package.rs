@@ -248,7 +248,15 @@ impl PackageWriter {
         let cols = *shape.last().unwrap_or(&1);
         let rows: usize = shape.iter().rev().skip(1).product();
         assert_eq!(data.len(), rows * cols, "{name}: data does not match its shape");
-        let packed = super::quant::PackedMatrix::pack(format, rows, cols, data);
+        self.add_packed(name, shape, &super::quant::PackedMatrix::pack(format, rows, cols, data));
+    }
+
+    /// Adds a tensor of `shape` already packed (its rows × cols must match).
+    pub fn add_packed(&mut self, name: &str, shape: &[usize], packed: &super::quant::PackedMatrix) {
+        let cols = *shape.last().unwrap_or(&1);
+        let rows: usize = shape.iter().rev().skip(1).product();
+        assert_eq!((packed.rows, packed.cols), (rows, cols), "{name}: packed matrix does not match its shape");
+        let format = packed.format;
         let mut pieces = Vec::new();
         for (row_start, block) in packed.split_rows(self.piece_bytes) {
             let bytes: &[u8] = bytemuck::cast_slice(&block.words);

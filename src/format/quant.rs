@@ -29,6 +29,102 @@ use half::f16;
 /// Elements per quantisation group along the input dimension.
 pub const QGROUP: usize = 32;
 
+/// How a Q-format group's scale `d` and integers `q` are chosen. Every
+/// method writes the same storage layout, so the kernels do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rounding {
+    /// `d = absmax/qmax`, `q ∈ [-qmax, qmax]` (q4: 15 of the 16 nibble
+    /// values). No value is clamped; every error is at most `d/2`.
+    Absmax,
+    /// All 2^bits levels, `q ∈ [-2^(bits-1), 2^(bits-1) - 1]`: the element of
+    /// largest magnitude maps to the most negative level exactly (so `d` may
+    /// be negative), which makes the step `absmax/8` instead of `absmax/7` in q4.
+    FullRange,
+    /// All levels, with `d` chosen from a grid of candidates around the
+    /// full-range scale to minimise the (importance-weighted) squared error
+    /// of the group, clamping where that pays.
+    Search,
+}
+
+impl Rounding {
+    pub const ALL: [Rounding; 3] = [Rounding::Absmax, Rounding::FullRange, Rounding::Search];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Absmax => "absmax",
+            Rounding::FullRange => "full-range",
+            Rounding::Search => "search",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Rounding> {
+        Rounding::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// `Rounding::Search` tries scales within ±SEARCH_STEPS/64 (±1/8) of each
+/// orientation's full-range scale, in steps of 1/64.
+const SEARCH_STEPS: i32 = 8;
+
+/// Quantises one group of [`QGROUP`] values (zero-padded): returns the f16
+/// scale and the integers (each within the format's level range).
+fn quantise_group(format: QuantFormat, rounding: Rounding, x: &[f32; QGROUP], weight: &[f32; QGROUP]) -> (f16, [i32; QGROUP]) {
+    let qmax = format.qmax().expect("a Q format");
+    // Most negative level: -8 (q4), -128 (q8).
+    let qlo = -(qmax + 1.0);
+    let quantise = |d: f16, lo: f32| -> [i32; QGROUP] {
+        let df = d.to_f32();
+        let inv = if df != 0.0 { 1.0 / df } else { 0.0 };
+        let mut q = [0i32; QGROUP];
+        for i in 0..QGROUP {
+            q[i] = (x[i] * inv).round().clamp(lo, qmax) as i32;
+        }
+        q
+    };
+    let (imax, absmax) = x.iter().enumerate().fold((0, 0f32), |(bi, bm), (i, v)| if v.abs() > bm { (i, v.abs()) } else { (bi, bm) });
+    match rounding {
+        Rounding::Absmax => {
+            let mut d = f16::from_f32(absmax / qmax);
+            if d.to_f32() * (qmax + 0.5) < absmax {
+                // Rounded too far down (f16 subnormals): the next f16 up
+                // keeps every |q| within qmax, unclamped.
+                d = f16::from_bits(d.to_bits() + 1);
+            }
+            (d, quantise(d, -qmax))
+        }
+        Rounding::FullRange | Rounding::Search => {
+            // The largest-magnitude element lands on qlo: d = x[imax] / qlo.
+            let base = x[imax] / qlo;
+            if base == 0.0 {
+                return (f16::from_f32(0.0), [0; QGROUP]);
+            }
+            let err = |d: f16, q: &[i32; QGROUP]| -> f64 {
+                let df = d.to_f32() as f64;
+                (0..QGROUP).map(|i| weight[i] as f64 * (x[i] as f64 - df * q[i] as f64).powi(2)).sum()
+            };
+            let d = f16::from_f32(base);
+            let mut best = (d, quantise(d, qlo));
+            if rounding == Rounding::Search {
+                let mut best_err = err(best.0, &best.1);
+                // Both orientations: the extreme element on the negative
+                // level, or on the positive one (d = x[imax] / qmax).
+                for (anchor, steps) in [(base, SEARCH_STEPS), (x[imax] / qmax, SEARCH_STEPS)] {
+                    for k in -steps..=steps {
+                        let d = f16::from_f32(anchor * (1.0 + k as f32 / 64.0));
+                        let q = quantise(d, qlo);
+                        let e = err(d, &q);
+                        if e < best_err {
+                            best_err = e;
+                            best = (d, q);
+                        }
+                    }
+                }
+            }
+            best
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantFormat {
     F32,
@@ -131,9 +227,22 @@ impl PackedMatrix {
         f16::from_bits((word >> (16 * (i % 2))) as u16).to_f32()
     }
 
-    /// Packs a row-major `rows × cols` f32 matrix.
+    /// Packs a row-major `rows × cols` f32 matrix with absmax rounding
+    /// (the converter's default; see [`Rounding::Absmax`]).
     pub fn pack(format: QuantFormat, rows: usize, cols: usize, data: &[f32]) -> PackedMatrix {
+        Self::pack_with(format, rows, cols, data, Rounding::Absmax, None)
+    }
+
+    /// Packs a row-major `rows × cols` f32 matrix. For the Q formats,
+    /// `rounding` chooses each group's scale and integers; `importance`
+    /// (one non-negative weight per column, e.g. the mean square of the
+    /// activations that column multiplies) weights the squared error that
+    /// [`Rounding::Search`] minimises. The float formats ignore both.
+    pub fn pack_with(format: QuantFormat, rows: usize, cols: usize, data: &[f32], rounding: Rounding, importance: Option<&[f32]>) -> PackedMatrix {
         assert_eq!(data.len(), rows * cols, "pack: data length does not match rows × cols");
+        if let Some(imp) = importance {
+            assert_eq!(imp.len(), cols, "pack: one importance weight per column");
+        }
         let row_words = format.row_words(cols);
         let groups = format.groups(cols);
         let mut words = vec![0u32; format.total_words(rows, cols)];
@@ -152,31 +261,32 @@ impl PackedMatrix {
                 }
             }
             QuantFormat::Q8 | QuantFormat::Q4 => {
-                let qmax = format.qmax().unwrap();
                 let scale_base = rows * row_words;
                 let words_per_group = row_words / groups.max(1);
                 let per_word = QGROUP / words_per_group; // 4 (q8) or 8 (q4)
                 let bits = 32 / per_word as u32;
+                let mut chunk = [0f32; QGROUP];
+                let mut weight = [1f32; QGROUP];
                 for r in 0..rows {
                     let row = &data[r * cols..(r + 1) * cols];
                     for g in 0..groups {
-                        let chunk = &row[g * QGROUP..((g + 1) * QGROUP).min(cols)];
-                        let absmax = chunk.iter().fold(0f32, |m, x| m.max(x.abs()));
-                        let mut d = f16::from_f32(absmax / qmax);
-                        if d.to_f32() * (qmax + 0.5) < absmax {
-                            // Rounded too far down (f16 subnormals): the next
-                            // f16 up keeps every |q| within qmax, unclamped.
-                            d = f16::from_bits(d.to_bits() + 1);
+                        let range = g * QGROUP..((g + 1) * QGROUP).min(cols);
+                        // The last group is zero-padded, with no weight on the padding.
+                        for i in 0..QGROUP {
+                            chunk[i] = row.get(g * QGROUP + i).copied().filter(|_| g * QGROUP + i < range.end).unwrap_or(0.0);
+                            weight[i] = match importance {
+                                Some(imp) if g * QGROUP + i < range.end => imp[g * QGROUP + i],
+                                Some(_) => 0.0,
+                                None => 1.0,
+                            };
                         }
-                        let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                        let (d, q) = quantise_group(format, rounding, &chunk, &weight);
                         let si = r * groups + g;
                         words[scale_base + si / 2] |= (d.to_bits() as u32) << (16 * (si % 2));
-                        for i in 0..QGROUP {
-                            let x = chunk.get(i).copied().unwrap_or(0.0);
-                            let q = (x * inv).round().clamp(-qmax, qmax) as i32;
+                        for (i, &qi) in q.iter().enumerate() {
                             let stored = match format {
-                                QuantFormat::Q8 => (q as i8 as u8) as u32,
-                                _ => (q + 8) as u32,
+                                QuantFormat::Q8 => (qi as i8 as u8) as u32,
+                                _ => (qi + 8) as u32,
                             };
                             let w = r * row_words + g * words_per_group + i / per_word;
                             words[w] |= stored << (bits * (i % per_word) as u32);

@@ -128,6 +128,19 @@ impl Model {
     /// The dispatches of [`Model::forward`], labelled by kernel, unsubmitted
     /// (the benchmark times them one by one).
     pub fn forward_dispatches(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
+        self.forward_dispatches_tail(tokens, start_pos, image, if all_rows { tokens.len() } else { 1 })
+    }
+
+    /// Like [`Model::forward`], with logits for the last `rows` rows only
+    /// (forced decoding scores a continuation without paying the output
+    /// head for every prompt row).
+    pub fn forward_tail(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, rows: usize) -> Result<ForwardOutput, ModelError> {
+        let (d, out) = self.forward_dispatches_tail(tokens, start_pos, image, rows)?;
+        self.run(&d)?;
+        Ok(out)
+    }
+
+    fn forward_dispatches_tail(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, rows: usize) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
         let ctx = &self.ctx;
         // A lost device (or an earlier GPU error) is reported before any new work is built.
         ctx.check()?;
@@ -197,7 +210,9 @@ impl Model {
             d.push(elementwise::silu_gate(ctx, &a1, &a3, &gated, s * f)?);
             d.extend(self.linear(&layer.w2.view(), &gated, 0, s, &h, dim, true)?);
         }
-        let rows = if all_rows { s } else { 1 };
+        if rows == 0 || rows > s {
+            return Err(ModelError::BadInput(format!("logits for {rows} rows of a {s}-token run")));
+        }
         let first = s - rows;
         let hidden = ctx.activations("final hidden", (rows * dim * 4) as u64);
         d.push(rmsnorm_at(ctx, &h, first * dim, &w.norm, &hidden, 0, rows, dim, cfg.norm_eps)?);

@@ -158,6 +158,27 @@ impl Model {
         })
     }
 
+    /// Forced decoding: the logits that predict each token of `continuation`
+    /// after `prompt_ids` (row i predicts `continuation[i]`), from one
+    /// prefill of the prompt and all but the last continuation token. Greedy
+    /// generation would give `continuation` exactly when every row's argmax
+    /// is its token. For scoring a model against another's answers.
+    pub async fn continuation_logits(&self, image: &ImagePrefixes, prompt_ids: &[u32], continuation: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _busy = self.session.claim()?;
+        let context = self.config.llama.max_seq_len;
+        if prompt_ids.is_empty() || continuation.is_empty() {
+            return Err(ModelError::BadInput("forced decoding needs a prompt and a continuation".into()));
+        }
+        let tokens: Vec<u32> = prompt_ids.iter().chain(&continuation[..continuation.len() - 1]).copied().collect();
+        if tokens.len() > context {
+            return Err(ModelError::ContextOverflow { prompt: prompt_ids.len(), new: continuation.len(), context });
+        }
+        let out = self.forward_tail(&tokens, 0, image, continuation.len())?;
+        let vocab = self.config.llama.vocab_size;
+        let rows: Vec<f32> = self.ctx.read(&out.logits, 0, continuation.len() * vocab).await?;
+        Ok(rows.chunks(vocab).map(|r| r.to_vec()).collect())
+    }
+
     /// Creates every pipeline a generation uses (vision tower, prefixes,
     /// prefill at 2 and 8 rows — the matmul shapes change there — the decode
     /// step, argmax and top-k) without running GPU work, so that the first
