@@ -14,7 +14,7 @@ use llama_adapter_web::model::Model;
 use llama_adapter_web::text::prompt::format_prompt;
 
 use llama_adapter_web::bench::{bench_matmul, bench_model, host_copy_bandwidth, write_random_packages, BenchShape};
-use llama_adapter_web::convert::quantize::{quantize_packages, FormatOverride, QuantizeOptions};
+use llama_adapter_web::convert::quantize::{activation_importance, quantize_packages, CalibrationItem, FormatOverride, QuantizeOptions};
 use llama_adapter_web::format::quant::{QuantFormat, Rounding};
 use llama_adapter_web::gpu::{GpuContext, GpuOptions};
 use llama_adapter_web::kernels::matmul::MatmulShape;
@@ -216,6 +216,12 @@ struct QuantizeArgs {
     /// Store the tensors matching PATTERN (`*` = anything) in FORMAT instead, e.g. output.weight=q8 (repeatable; first match wins).
     #[arg(long = "keep", value_name = "PATTERN=FORMAT")]
     keep: Vec<String>,
+    /// Calibration set (questions.json layout; answers are not used): the
+    /// source model runs on it to weigh each column's rounding error by the
+    /// mean square of its activations (with --rounding search). Needs a GPU
+    /// adapter (lavapipe will do) and --model, or --base with one --adapter.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
     /// Largest shard file, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     shard_bytes: u64,
@@ -552,6 +558,31 @@ fn run_eval(ctx: GpuContext, a: EvalArgs) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
+/// A calibration file: {"images": [{"image", "questions": [{"instruction"}]}], "text": [{"instruction"}]}
+/// (the questions.json layout; text items see the all-zero image).
+fn read_calibration(path: &std::path::Path, model: &Model) -> Result<Vec<CalibrationItem>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let root = path.parent().unwrap_or(std::path::Path::new("."));
+    let size = model.config.clip.image_size;
+    let instructions = |v: &serde_json::Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|q| q["instruction"].as_str().map(String::from)).collect() };
+    let mut items = Vec::new();
+    for item in doc["images"].as_array().into_iter().flatten() {
+        let name = item["image"].as_str().ok_or_else(|| format!("{}: an image item without \"image\"", path.display()))?;
+        let bytes = std::fs::read(root.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        let pixels = llama_adapter_web::image::clip_preprocess(&bytes, size as u32, model.config.adapter.channel_order).map_err(|e| format!("{name}: {e}"))?;
+        items.push(CalibrationItem { pixels, instructions: instructions(&item["questions"]) });
+    }
+    let text_items = instructions(&doc["text"]);
+    if !text_items.is_empty() {
+        items.push(CalibrationItem { pixels: vec![0.0; 3 * size * size], instructions: text_items });
+    }
+    if items.iter().all(|i| i.instructions.is_empty()) {
+        return Err(format!("{}: no instructions to calibrate on", path.display()).into());
+    }
+    Ok(items)
+}
+
 /// Re-stores packages and prints, per tensor kind, the relative RMS error
 /// against the stored weights, and the bits per weight.
 fn run_quantize(a: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -562,8 +593,23 @@ fn run_quantize(a: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => (Some(dir.join("base")), vec![dir.join("adapter")]),
         None => (a.base.clone(), a.adapter.clone()),
     };
-    let opts = QuantizeOptions { to, rounding, overrides, shard_bytes: a.shard_bytes.max(1), ..Default::default() };
     let start = Instant::now();
+    let mut importance = std::collections::HashMap::new();
+    if let Some(path) = &a.calibration {
+        if rounding != Rounding::Search {
+            return Err("--calibration weighs the error that --rounding search minimises: add --rounding search".into());
+        }
+        let (Some(base), [adapter]) = (&base, adapters.as_slice()) else {
+            return Err("--calibration runs the model: give --model, or --base with one --adapter".into());
+        };
+        let ctx = GpuContext::new_blocking(GpuOptions::from_env())?;
+        let model = Model::load_dirs(Rc::new(ctx), base, adapter)?;
+        let items = read_calibration(path, &model)?;
+        let (found, tokens) = activation_importance(&model, &items, 48)?;
+        eprintln!("calibration: {} pictures, {tokens} tokens, {} weights weighed by their inputs [{:.1} s]", items.len(), found.len(), start.elapsed().as_secs_f64());
+        importance = found;
+    }
+    let opts = QuantizeOptions { to, rounding, overrides, importance, shard_bytes: a.shard_bytes.max(1), ..Default::default() };
     let report = quantize_packages(base.as_deref(), &adapters, &a.out, &opts)?;
     if a.json {
         println!("{}", serde_json::json!({"tensors": report.tensors, "packages": report.packages, "bits_per_weight": report.bits_per_weight()}));

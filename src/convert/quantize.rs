@@ -270,6 +270,44 @@ pub fn quantize_packages(base: Option<&Path>, adapters: &[PathBuf], out: &Path, 
     Ok(report)
 }
 
+/// One calibration picture (CLIP-preprocessed pixels) and its instructions.
+pub struct CalibrationItem {
+    pub pixels: Vec<f32>,
+    pub instructions: Vec<String>,
+}
+
+/// Activation statistics for [`Rounding::Search`]: runs the (source) model
+/// on every instruction, with its own greedy answer appended, and returns
+/// for each decoder linear and the output head the mean square of each
+/// input column over all tokens. Tensors not listed (embedding, vision
+/// tower, visual adapter) are weighed uniformly.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn activation_importance(model: &crate::model::Model, items: &[CalibrationItem], max_new_tokens: usize) -> Result<(HashMap<String, Vec<f32>>, usize), crate::model::ModelError> {
+    use crate::model::generate::GenerateOptions;
+    let opts = GenerateOptions { max_new_tokens, temperature: 0.0, ..Default::default() };
+    let mut sums: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut tokens_seen = 0usize;
+    for item in items {
+        let vision = model.encode_image(&item.pixels)?;
+        let prefixes = model.prepare_image(&vision)?;
+        for instruction in &item.instructions {
+            let prompt = crate::text::prompt::format_prompt(instruction, None);
+            let mut ids = model.base.tokenizer.encode_prompt(&prompt)?;
+            let answer = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true)?;
+            ids.extend(&answer.generated_ids);
+            for (names, squares) in model.linear_input_squares(&ids, &prefixes)? {
+                for name in names {
+                    let acc = sums.entry(name).or_insert_with(|| vec![0.0; squares.len()]);
+                    acc.iter_mut().zip(&squares).for_each(|(a, s)| *a += s);
+                }
+            }
+            tokens_seen += ids.len();
+        }
+    }
+    let n = tokens_seen.max(1) as f64;
+    Ok((sums.into_iter().map(|(k, v)| (k, v.iter().map(|s| (s / n) as f32).collect())).collect(), tokens_seen))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

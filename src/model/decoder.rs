@@ -59,6 +59,9 @@ pub struct ForwardOutput {
     pub rows: usize,
     /// The token ids the pass embeds (a decode plan rewrites them each step).
     pub tokens: wgpu::Buffer,
+    /// With capture: the input of every decoder linear, as (the weights
+    /// that read it, buffer of [tokens, cols], cols). Calibration only.
+    pub captured: Vec<(Vec<String>, wgpu::Buffer, usize)>,
 }
 
 impl Model {
@@ -128,19 +131,46 @@ impl Model {
     /// The dispatches of [`Model::forward`], labelled by kernel, unsubmitted
     /// (the benchmark times them one by one).
     pub fn forward_dispatches(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
-        self.forward_dispatches_tail(tokens, start_pos, image, if all_rows { tokens.len() } else { 1 })
+        self.forward_dispatches_tail(tokens, start_pos, image, if all_rows { tokens.len() } else { 1 }, false)
+    }
+
+    /// Runs `tokens` from position 0 and returns, for every decoder linear
+    /// (and the output head), the sum over the tokens of each input
+    /// column's square, and the token count: the activation statistics
+    /// that activation-aware quantisation weighs its rounding error by.
+    pub fn linear_input_squares(&self, tokens: &[u32], image: &ImagePrefixes) -> Result<Vec<(Vec<String>, Vec<f64>)>, ModelError> {
+        let _busy = self.session.claim()?;
+        let (d, out) = self.forward_dispatches_tail(tokens, 0, image, tokens.len(), true)?;
+        self.run(&d)?;
+        let dim = self.config.llama.dim;
+        let mut inputs = out.captured;
+        inputs.push((vec![super::layers::names::OUTPUT.to_string()], out.hidden, dim));
+        let mut sums = Vec::new();
+        for (names, buffer, cols) in inputs {
+            let values: Vec<f32> = self.ctx.read_blocking(&buffer, 0, tokens.len() * cols)?;
+            let mut sq = vec![0f64; cols];
+            for row in values.chunks(cols) {
+                for (s, v) in sq.iter_mut().zip(row) {
+                    *s += (*v as f64).powi(2);
+                }
+            }
+            sums.push((names, sq));
+        }
+        Ok(sums)
     }
 
     /// Like [`Model::forward`], with logits for the last `rows` rows only
     /// (forced decoding scores a continuation without paying the output
     /// head for every prompt row).
     pub fn forward_tail(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, rows: usize) -> Result<ForwardOutput, ModelError> {
-        let (d, out) = self.forward_dispatches_tail(tokens, start_pos, image, rows)?;
+        let (d, out) = self.forward_dispatches_tail(tokens, start_pos, image, rows, false)?;
         self.run(&d)?;
         Ok(out)
     }
 
-    fn forward_dispatches_tail(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, rows: usize) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
+    /// With `capture`, each layer's linear inputs get buffers of their own
+    /// (instead of shared scratch) and are returned in `captured`.
+    fn forward_dispatches_tail(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, rows: usize, capture: bool) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
         let ctx = &self.ctx;
         // A lost device (or an earlier GPU error) is reported before any new work is built.
         ctx.check()?;
@@ -161,18 +191,29 @@ impl Model {
         let mut d: Vec<Dispatch> = Vec::new();
         let token_buf = ctx.upload("tokens", tokens);
         let h = ctx.activations("h", (s * dim * 4) as u64);
-        let xn = ctx.activations("xn", (s * dim * 4) as u64);
+        let mut xn = ctx.activations("xn", (s * dim * 4) as u64);
         let q = ctx.activations("q", (s * dim * 4) as u64);
-        let att = ctx.activations("attn", (s * dim * 4) as u64);
+        let mut att = ctx.activations("attn", (s * dim * 4) as u64);
         let a1 = ctx.activations("w1", (s * f * 4) as u64);
         let a3 = ctx.activations("w3", (s * f * 4) as u64);
-        let gated = ctx.activations("silu gate", (s * f * 4) as u64);
+        let mut gated = ctx.activations("silu gate", (s * f * 4) as u64);
+        let mut xn_ffn = xn.clone();
+        let mut captured = Vec::new();
         let w = &self.decoder;
         d.extend(embedding(ctx, &w.tok_embeddings, &token_buf, s, &h, 0)?);
 
         let head_dim = cfg.head_dim();
         for l in 0..cfg.n_layers {
             let layer = &w.layers[l];
+            if capture {
+                use super::layers::names::base_linear;
+                let fresh = |label: &str, cols: usize| ctx.activations(label, (s * cols * 4) as u64);
+                (xn, att, xn_ffn, gated) = (fresh("xn", dim), fresh("attn", dim), fresh("xn ffn", dim), fresh("silu gate", f));
+                captured.push((vec![base_linear(l, "attention.wq"), base_linear(l, "attention.wk"), base_linear(l, "attention.wv")], xn.clone(), dim));
+                captured.push((vec![base_linear(l, "attention.wo")], att.clone(), dim));
+                captured.push((vec![base_linear(l, "feed_forward.w1"), base_linear(l, "feed_forward.w3")], xn_ffn.clone(), dim));
+                captured.push((vec![base_linear(l, "feed_forward.w2")], gated.clone(), f));
+            }
             d.push(rmsnorm_at(ctx, &h, 0, &layer.attention_norm, &xn, 0, s, dim, cfg.norm_eps)?);
             d.extend(self.linear(&layer.wq.view(), &xn, 0, s, &q, dim, false)?);
             d.extend(self.linear_at(&layer.wk.view(), &xn, 0, s, &self.session.cache_k[l], start_pos * dim, dim, false)?);
@@ -204,9 +245,9 @@ impl Model {
                 },
             )?);
             d.extend(self.linear(&layer.wo.view(), &att, 0, s, &h, dim, true)?);
-            d.push(rmsnorm_at(ctx, &h, 0, &layer.ffn_norm, &xn, 0, s, dim, cfg.norm_eps)?);
-            d.extend(self.linear(&layer.w1.view(), &xn, 0, s, &a1, f, false)?);
-            d.extend(self.linear(&layer.w3.view(), &xn, 0, s, &a3, f, false)?);
+            d.push(rmsnorm_at(ctx, &h, 0, &layer.ffn_norm, &xn_ffn, 0, s, dim, cfg.norm_eps)?);
+            d.extend(self.linear(&layer.w1.view(), &xn_ffn, 0, s, &a1, f, false)?);
+            d.extend(self.linear(&layer.w3.view(), &xn_ffn, 0, s, &a3, f, false)?);
             d.push(elementwise::silu_gate(ctx, &a1, &a3, &gated, s * f)?);
             d.extend(self.linear(&layer.w2.view(), &gated, 0, s, &h, dim, true)?);
         }
@@ -218,7 +259,7 @@ impl Model {
         d.push(rmsnorm_at(ctx, &h, first * dim, &w.norm, &hidden, 0, rows, dim, cfg.norm_eps)?);
         let logits = ctx.activations("logits", (rows * cfg.vocab_size * 4) as u64);
         d.extend(self.linear(&Linear::plain(&w.output), &hidden, 0, rows, &logits, cfg.vocab_size, false)?);
-        Ok((d, ForwardOutput { hidden, logits, rows, tokens: token_buf }))
+        Ok((d, ForwardOutput { hidden, logits, rows, tokens: token_buf, captured }))
     }
 
     /// Greedy next token of the last row of `out` (reads back 8 bytes).

@@ -11,6 +11,8 @@ use super::{Linear, ModelError};
 
 /// The tensor names of the decoder, in one place.
 pub mod names {
+    pub const TOK_EMBEDDINGS: &str = "tok_embeddings.weight";
+    pub const OUTPUT: &str = "output.weight";
     /// A base decoder linear's weight: `layers.{l}.attention.wq.weight`.
     pub fn base_linear(l: usize, linear: &str) -> String {
         format!("layers.{l}.{linear}.weight")
@@ -117,8 +119,8 @@ impl DecoderWeights {
             });
         }
         Ok(DecoderWeights {
-            tok_embeddings: base.matrix("tok_embeddings.weight")?.clone(),
-            output: base.matrix("output.weight")?.clone(),
+            tok_embeddings: base.matrix(names::TOK_EMBEDDINGS)?.clone(),
+            output: base.matrix(names::OUTPUT)?.clone(),
             norm: adapter.vector("llama.norm.weight")?.clone(),
             layers,
         })

@@ -26,8 +26,8 @@ pub fn base_specs(llama: &LlamaConfig, clip: &ClipConfig) -> TensorSpecs {
         s.insert(name, (shape, false));
     };
     let (d, f, v) = (llama.dim, llama.ffn_hidden, llama.vocab_size);
-    add("tok_embeddings.weight".into(), vec![v, d]);
-    add("output.weight".into(), vec![v, d]);
+    add(names::TOK_EMBEDDINGS.into(), vec![v, d]);
+    add(names::OUTPUT.into(), vec![v, d]);
     add("norm.weight".into(), vec![d]);
     for i in 0..llama.n_layers {
         for w in ["wq", "wk", "wv", "wo"] {
