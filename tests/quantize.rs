@@ -1,0 +1,122 @@
+//! `quantize`: re-storing converted packages. The rule (f32 tensors stay
+//! f32, overrides first, the target otherwise), the re-targeted adapter
+//! (the loader accepts it and it answers), a refused adapter of another
+//! base, the report's sizes, and the q4 → f32 round trip being exact (the
+//! dequantised weights are what the kernels compute with).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use common::gpu_shared;
+use llama_adapter_web::convert::checkpoint::{convert, ConvertOptions};
+use llama_adapter_web::convert::quantize::{quantize_packages, FormatOverride, QuantizeOptions};
+use llama_adapter_web::format::package::{LoadedPackage, PackageKind};
+use llama_adapter_web::format::quant::{QuantFormat, Rounding};
+use llama_adapter_web::model::config::ChannelOrder;
+use llama_adapter_web::model::generate::GenerateOptions;
+use llama_adapter_web::model::Model;
+use llama_adapter_web::text::prompt::format_prompt;
+
+const FIX: &str = "tests/fixtures/tiny";
+
+fn tmp(tag: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("la-quantize-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    out
+}
+
+/// The tiny fixture with the LoRA adapter, converted in f16.
+fn converted_f16(tag: &str) -> PathBuf {
+    let out = tmp(tag);
+    let opts = ConvertOptions { quant: QuantFormat::F16, v_num_heads: Some(2), channel_order: ChannelOrder::Rgb, ..Default::default() };
+    convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &Path::new(FIX).join("adapter_lora.pth"), &out, &opts).unwrap();
+    out
+}
+
+fn answer(dir: &Path) -> Vec<u32> {
+    let model = Model::load_dirs(Rc::new(gpu_shared()), &dir.join("base"), &dir.join("adapter")).unwrap();
+    let size = model.config.clip.image_size;
+    let vision = model.encode_image(&vec![0.25; 3 * size * size]).unwrap();
+    let prefixes = model.prepare_image(&vision).unwrap();
+    let ids = model.base.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 6, temperature: 0.0, ..Default::default() };
+    model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).unwrap().generated_ids
+}
+
+#[test]
+fn quantize_restores_retargets_and_reports() {
+    let src = converted_f16("src");
+    let out = tmp("q4");
+    let opts = QuantizeOptions {
+        to: QuantFormat::Q4,
+        rounding: Rounding::Search,
+        overrides: vec![FormatOverride::parse("output.weight=q8").unwrap(), FormatOverride::parse("layers.*.feed_forward.w2.weight=f16").unwrap()],
+        ..Default::default()
+    };
+    let report = quantize_packages(Some(&src.join("base")), &[src.join("adapter")], &out, &opts).unwrap();
+
+    let old_base = LoadedPackage::read_dir(&src.join("base"), PackageKind::Base).unwrap();
+    let base = LoadedPackage::read_dir(&out.join("base"), PackageKind::Base).unwrap();
+    let adapter = LoadedPackage::read_dir(&out.join("adapter"), PackageKind::Adapter).unwrap();
+    assert_eq!(adapter.manifest.base_sha256.as_deref(), Some(base.manifest_sha256.as_str()), "the adapter names the new base");
+    assert_eq!(base.manifest.tokenizer, old_base.manifest.tokenizer);
+    for t in &base.manifest.tensors {
+        let was = &old_base.tensor(&t.name).unwrap().format;
+        let want = if was == "f32" {
+            "f32"
+        } else if t.name == "output.weight" {
+            "q8"
+        } else if t.name.contains(".feed_forward.w2.") {
+            "f16"
+        } else {
+            "q4"
+        };
+        assert_eq!(t.format, want, "{} (was {was})", t.name);
+    }
+    assert!(adapter.manifest.tensors.iter().any(|t| t.format == "q4"), "the adapter's visual linears are re-stored too");
+    assert!(adapter.manifest.tensors.iter().filter(|t| t.name.contains("gate") || t.name.ends_with(".bias")).all(|t| t.format == "f32"));
+
+    // Sizes and errors: bytes per the format, a q4 error well above zero and below absmax's worst case.
+    for t in &report.tensors {
+        let format = QuantFormat::parse(t.to).unwrap();
+        let entry = if t.package.ends_with("base") { base.tensor(&t.name) } else { adapter.tensor(&t.name) }.unwrap();
+        assert_eq!(t.bytes, format.bytes(entry.rows(), entry.cols()), "{}", t.name);
+        if t.to == "q4" {
+            assert!(t.relative_rms_error > 0.01 && t.relative_rms_error < 0.2, "{}: {}", t.name, t.relative_rms_error);
+        }
+        if t.from == t.to {
+            assert_eq!(t.relative_rms_error, 0.0);
+        }
+    }
+    let bits = report.bits_per_weight();
+    assert!(bits > 4.5 && bits < 16.0, "{bits}");
+
+    // The loader takes the re-targeted pair and it answers.
+    assert_eq!(answer(&out).len(), 6);
+
+    // q4 → f32 is exact: every weight equals its dequantised q4 value.
+    let f32_out = tmp("f32");
+    quantize_packages(Some(&out.join("base")), &[out.join("adapter")], &f32_out, &QuantizeOptions { to: QuantFormat::F32, ..Default::default() }).unwrap();
+    let back = LoadedPackage::read_dir(&f32_out.join("base"), PackageKind::Base).unwrap();
+    for t in &base.manifest.tensors {
+        assert_eq!(back.tensor_f32(&t.name), base.tensor_f32(&t.name), "{}", t.name);
+    }
+    assert_eq!(answer(&f32_out), answer(&out), "the dequantised model answers as the q4 one");
+
+    // An adapter made for another base is refused, naming the mismatch.
+    let err = quantize_packages(Some(&out.join("base")), &[src.join("adapter")], &tmp("wrong"), &QuantizeOptions::default()).err().expect("refused");
+    assert!(err.to_string().contains("another base"), "{err}");
+    // An adapter alone keeps its base.
+    let alone = tmp("alone");
+    quantize_packages(None, &[src.join("adapter")], &alone, &QuantizeOptions::default()).unwrap();
+    let kept = LoadedPackage::read_dir(&alone.join("adapter"), PackageKind::Adapter).unwrap();
+    assert_eq!(kept.manifest.base_sha256.as_deref(), Some(old_base.manifest_sha256.as_str()));
+    // Bad overrides are refused with a reason.
+    assert!(FormatOverride::parse("output.weight").is_err());
+    assert!(FormatOverride::parse("output.weight=q3").is_err());
+    for d in [src, out, f32_out, alone] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
