@@ -210,7 +210,7 @@ impl Checkpoint {
         let mut f = f.take(start + len);
         std::io::copy(&mut (&mut f).take(start), &mut std::io::sink()).map_err(|e| io(e.to_string()))?;
         let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
-        let mut chunk = vec![0u8; (1 << 20) * size as usize];
+        let mut chunk = vec![0u8; ((1 << 20) * size).min(len) as usize];
         let mut left = len as usize;
         while left > 0 {
             let n = left.min(chunk.len());

@@ -17,23 +17,35 @@ pub enum TokenizerError {
 /// a `Precompiled` normaliser (SentencePiece's compiled charsmap, which
 /// T5-style unigram tokenizers carry and LLaMA's do not) panics instead of
 /// failing when its data is malformed; a `Strip` decoder with a non-zero
-/// `stop` panics when decoding a token shorter than `stop`.
-fn refuse_unsafe_components(value: &serde_json::Value, at: &str) -> Result<(), TokenizerError> {
-    match value {
-        serde_json::Value::Object(map) => {
-            let kind = map.get("type").and_then(|t| t.as_str());
-            if kind == Some("Precompiled") {
-                return Err(TokenizerError::Load(format!("{at}: a \"Precompiled\" normalizer is not supported (LLaMA's tokenizer has none)")));
+/// `stop` panics when decoding a token shorter than `stop`. Both are found by
+/// their fields, not only their `"type"`: the crate also reads untagged
+/// (legacy) components by shape. Only the pipeline components are walked,
+/// not the vocabulary (whose tokens may be named anything).
+fn refuse_unsafe_components(doc: &serde_json::Value) -> Result<(), TokenizerError> {
+    fn walk(value: &serde_json::Value, at: &str) -> Result<(), TokenizerError> {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("type").and_then(|t| t.as_str()) == Some("Precompiled") || map.contains_key("precompiled_charsmap") {
+                    return Err(TokenizerError::Load(format!("{at}: a \"Precompiled\" normalizer is not supported (LLaMA's tokenizer has none)")));
+                }
+                // Strip's stop side indexes `len - i - 1` unchecked.
+                if let Some(stop) = map.get("stop").filter(|_| map.contains_key("start") && map.contains_key("content")) {
+                    if stop.as_u64() != Some(0) {
+                        return Err(TokenizerError::Load(format!("{at}: a \"Strip\" decoder with \"stop\" {stop} is not supported (LLaMA's strips 1 space at the start, none at the end)")));
+                    }
+                }
+                map.values().try_for_each(|v| walk(v, at))
             }
-            // Strip's stop side indexes `len - i - 1` unchecked: it panics on a token shorter than `stop`.
-            if kind == Some("Strip") && map.get("stop").is_some_and(|s| s.as_u64() != Some(0)) {
-                return Err(TokenizerError::Load(format!("{at}: a \"Strip\" decoder with \"stop\" {} is not supported (LLaMA's strips 1 space at the start, none at the end)", map["stop"])));
-            }
-            map.iter().try_for_each(|(k, v)| refuse_unsafe_components(v, k))
+            serde_json::Value::Array(items) => items.iter().try_for_each(|v| walk(v, at)),
+            _ => Ok(()),
         }
-        serde_json::Value::Array(items) => items.iter().try_for_each(|v| refuse_unsafe_components(v, at)),
-        _ => Ok(()),
     }
+    for part in ["normalizer", "pre_tokenizer", "post_processor", "decoder"] {
+        if let Some(v) = doc.get(part) {
+            walk(v, part)?;
+        }
+    }
+    Ok(())
 }
 
 pub struct Tokenizer {
@@ -55,7 +67,7 @@ impl Tokenizer {
         // any malformed `Precompiled` normaliser. Found by fuzzing
         // (fuzz/regressions/tokenizer_json/).
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| TokenizerError::Load(format!("tokenizer.json is not JSON: {e}")))?;
-        refuse_unsafe_components(&value, "tokenizer.json")?;
+        refuse_unsafe_components(&value)?;
         let inner: tokenizers::Tokenizer = serde_json::from_value(value).map_err(|e| TokenizerError::Load(e.to_string()))?;
         Ok(Tokenizer { inner })
     }
