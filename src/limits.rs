@@ -62,6 +62,14 @@ pub const MAX_SHARDS: usize = 1 << 12;
 /// a few times its size.
 pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
 
+/// How much a tokenizer's `Replace` normalisers and decoders may grow a text,
+/// all of them together (the product of each one's worst case: content
+/// bytes per pattern byte; an empty or regex pattern may match at every
+/// position). LLaMA's grows 3× (" " → "▁"). Without it, five chained
+/// replacements of an empty pattern take a 50-character prompt to gigabytes
+/// (found by fuzzing).
+pub const MAX_TOKENIZER_TEXT_GROWTH: f64 = 64.0;
+
 // ---- PyTorch checkpoints (zip archive + pickle) ----
 
 /// The largest `data.pkl` read from a checkpoint. LLaMA-7B's is about 30 kB

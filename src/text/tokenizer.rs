@@ -17,7 +17,9 @@ pub enum TokenizerError {
 /// a `Precompiled` normaliser (SentencePiece's compiled charsmap, which
 /// T5-style unigram tokenizers carry and LLaMA's do not) panics instead of
 /// failing when its data is malformed; a `Strip` decoder with a non-zero
-/// `stop` panics when decoding a token shorter than `stop`. Both are found by
+/// `stop` panics when decoding a token shorter than `stop`; chained `Replace`
+/// steps may grow a text exponentially (bounded by
+/// [`crate::limits::MAX_TOKENIZER_TEXT_GROWTH`]). The first two are found by
 /// their fields, not only their `"type"`: the crate also reads untagged
 /// (legacy) components by shape. Only the pipeline components are walked,
 /// not the vocabulary (whose tokens may be named anything).
@@ -43,6 +45,34 @@ fn refuse_unsafe_components(doc: &serde_json::Value) -> Result<(), TokenizerErro
     for part in ["normalizer", "pre_tokenizer", "post_processor", "decoder"] {
         if let Some(v) = doc.get(part) {
             walk(v, part)?;
+        }
+    }
+    // Chained `Replace`s multiply a text's length (an empty pattern matches everywhere).
+    use crate::limits::MAX_TOKENIZER_TEXT_GROWTH;
+    fn growth(value: &serde_json::Value) -> f64 {
+        match value {
+            serde_json::Value::Object(map) => {
+                // Found by shape (a pattern and a content), as the crate's untagged reading would take it.
+                let own = match (map.get("pattern"), map.get("content").and_then(|c| c.as_str())) {
+                    (Some(pattern), Some(content)) => {
+                        let content = content.len() as f64;
+                        match pattern.get("String").and_then(|p| p.as_str()) {
+                            Some(p) if !p.is_empty() => (content / p.len() as f64).max(1.0),
+                            _ => content + 1.0,
+                        }
+                    }
+                    _ => 1.0,
+                };
+                map.values().fold(own, |g, v| g * growth(v))
+            }
+            serde_json::Value::Array(items) => items.iter().fold(1.0, |g, v| g * growth(v)),
+            _ => 1.0,
+        }
+    }
+    for part in ["normalizer", "decoder"] {
+        let g = doc.get(part).map_or(1.0, growth);
+        if g > MAX_TOKENIZER_TEXT_GROWTH {
+            return Err(TokenizerError::Load(format!("{part}: its Replace steps may grow a text {g:.0}-fold; at most {MAX_TOKENIZER_TEXT_GROWTH}")));
         }
     }
     Ok(())
