@@ -14,7 +14,7 @@ use llama_adapter_web::model::Model;
 use llama_adapter_web::text::prompt::format_prompt;
 
 use llama_adapter_web::bench::{bench_matmul, bench_model, host_copy_bandwidth, write_random_packages, BenchShape};
-use llama_adapter_web::convert::quantize::{activation_importance, quantize_packages, CalibrationItem, FormatOverride, QuantizeOptions};
+use llama_adapter_web::convert::quantize::{calibrate, quantize_packages, Calibration, CalibrationItem, FormatOverride, QuantizeOptions};
 use llama_adapter_web::format::quant::{QuantFormat, Rounding};
 use llama_adapter_web::gpu::{GpuContext, GpuOptions};
 use llama_adapter_web::kernels::matmul::MatmulShape;
@@ -210,7 +210,8 @@ struct QuantizeArgs {
     /// Format of the large weights: f32, f16, q8 or q4 (norms, biases, gates and prompts stay f32).
     #[arg(long)]
     to: String,
-    /// Q-format rounding: absmax (15 of q4's 16 levels), full-range (all levels), search (all levels, error-minimising scale).
+    /// Q-format rounding: absmax (15 of q4's 16 levels), full-range (all levels), search (all levels,
+    /// error-minimising scale), gptq (error-compensating, with --calibration).
     #[arg(long, default_value = "absmax")]
     rounding: String,
     /// Store the tensors matching PATTERN (`*` = anything) in FORMAT instead, e.g. output.weight=q8 (repeatable; first match wins).
@@ -587,17 +588,17 @@ fn read_calibration(path: &std::path::Path, model: &Model) -> Result<Vec<Calibra
 /// against the stored weights, and the bits per weight.
 fn run_quantize(a: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let to = QuantFormat::parse(&a.to).ok_or_else(|| format!("unknown --to {:?} (expected f32, f16, q8 or q4)", a.to))?;
-    let rounding = Rounding::parse(&a.rounding).ok_or_else(|| format!("unknown --rounding {:?} (expected absmax, full-range or search)", a.rounding))?;
+    let rounding = Rounding::parse(&a.rounding).ok_or_else(|| format!("unknown --rounding {:?} (expected absmax, full-range, search or gptq)", a.rounding))?;
     let overrides = a.keep.iter().map(|k| FormatOverride::parse(k)).collect::<Result<Vec<_>, _>>()?;
     let (base, adapters) = match &a.model {
         Some(dir) => (Some(dir.join("base")), vec![dir.join("adapter")]),
         None => (a.base.clone(), a.adapter.clone()),
     };
     let start = Instant::now();
-    let mut importance = std::collections::HashMap::new();
+    let mut calibration = Calibration::default();
     if let Some(path) = &a.calibration {
-        if rounding != Rounding::Search {
-            return Err("--calibration weighs the error that --rounding search minimises: add --rounding search".into());
+        if !matches!(rounding, Rounding::Search | Rounding::Gptq) {
+            return Err("--calibration is used by --rounding search or gptq: add one".into());
         }
         let (Some(base), [adapter]) = (&base, adapters.as_slice()) else {
             return Err("--calibration runs the model: give --model, or --base with one --adapter".into());
@@ -605,11 +606,11 @@ fn run_quantize(a: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let ctx = GpuContext::new_blocking(GpuOptions::from_env())?;
         let model = Model::load_dirs(Rc::new(ctx), base, adapter)?;
         let items = read_calibration(path, &model)?;
-        let (found, tokens) = activation_importance(&model, &items, 48)?;
-        eprintln!("calibration: {} pictures, {tokens} tokens, {} weights weighed by their inputs [{:.1} s]", items.len(), found.len(), start.elapsed().as_secs_f64());
-        importance = found;
+        let found = calibrate(&model, &items, 48)?;
+        eprintln!("calibration: {} pictures, {} tokens, {} weights weighed by their inputs [{:.1} s]", items.len(), found.tokens, found.importance.len(), start.elapsed().as_secs_f64());
+        calibration = found;
     }
-    let opts = QuantizeOptions { to, rounding, overrides, importance, shard_bytes: a.shard_bytes.max(1), ..Default::default() };
+    let opts = QuantizeOptions { to, rounding, overrides, importance: calibration.importance, hessians: calibration.hessians, shard_bytes: a.shard_bytes.max(1), ..Default::default() };
     let report = quantize_packages(base.as_deref(), &adapters, &a.out, &opts)?;
     if a.json {
         println!("{}", serde_json::json!({"tensors": report.tensors, "packages": report.packages, "bits_per_weight": report.bits_per_weight()}));

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::checkpoint::ConvertError;
 use crate::format::package::{sha256_hex, LoadedPackage, Manifest, PackageKind, PackageWriter};
+use crate::format::gptq;
 use crate::format::quant::{PackedMatrix, QuantFormat, Rounding};
 
 /// A tensor-name pattern (`*` matches any run of characters) and the format
@@ -72,13 +73,15 @@ pub struct QuantizeOptions {
     /// Per-column importance of a tensor's inputs (mean square activation),
     /// by tensor name, for `Rounding::Search`.
     pub importance: HashMap<String, Vec<f32>>,
+    /// Mean x xᵀ of a tensor's inputs (`cols × cols`), by name, for `Rounding::Gptq`.
+    pub hessians: HashMap<String, Vec<f64>>,
     pub shard_bytes: u64,
     pub piece_bytes: u64,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { to: QuantFormat::Q4, rounding: Rounding::Absmax, overrides: Vec::new(), importance: HashMap::new(), shard_bytes: 64 << 20, piece_bytes: 64 << 20 }
+        QuantizeOptions { to: QuantFormat::Q4, rounding: Rounding::Absmax, overrides: Vec::new(), importance: HashMap::new(), hessians: HashMap::new(), shard_bytes: 64 << 20, piece_bytes: 64 << 20 }
     }
 }
 
@@ -186,7 +189,14 @@ fn requantize(package: &LoadedPackage, label: &str, opts: &QuantizeOptions, repo
         let format = opts.format_for(&t.name, stored);
         let (rows, cols) = (t.rows(), t.cols());
         let importance = opts.importance.get(&t.name).map(|v| v.as_slice()).filter(|v| v.len() == cols);
-        let packed = PackedMatrix::pack_with(format, rows, cols, &data, opts.rounding, importance);
+        let gptq_factor = match (opts.rounding, format, opts.hessians.get(&t.name), importance) {
+            (Rounding::Gptq, QuantFormat::Q8 | QuantFormat::Q4, Some(h), Some(_)) if h.len() == cols * cols => gptq::inverse_hessian_factor(h, cols),
+            _ => None,
+        };
+        let packed = match (gptq_factor, importance) {
+            (Some(u), Some(imp)) => gptq::pack_gptq(format, rows, cols, &data, &u, imp),
+            _ => PackedMatrix::pack_with(format, rows, cols, &data, opts.rounding, importance),
+        };
         let error = if format == stored { 0.0 } else { rel_rms(&packed.dequantize(), &data) };
         w.add_packed(&t.name, &t.shape, &packed);
         reports.push(TensorReport {
@@ -276,16 +286,25 @@ pub struct CalibrationItem {
     pub instructions: Vec<String>,
 }
 
-/// Activation statistics for [`Rounding::Search`]: runs the (source) model
-/// on every instruction, with its own greedy answer appended, and returns
-/// for each decoder linear and the output head the mean square of each
-/// input column over all tokens. Tensors not listed (embedding, vision
-/// tower, visual adapter) are weighed uniformly.
+/// Calibration statistics, by tensor name: each input column's mean square
+/// (for the weighted search) and, where the input is narrow enough, the
+/// mean of x xᵀ (for GPTQ).
+#[derive(Default)]
+pub struct Calibration {
+    pub importance: HashMap<String, Vec<f32>>,
+    pub hessians: HashMap<String, Vec<f64>>,
+    pub tokens: usize,
+}
+
+/// Runs the (source) model on every instruction, with its own greedy
+/// answer appended, and collects the inputs' statistics of every decoder
+/// linear and the output head. Tensors not listed (embedding, vision tower,
+/// visual adapter) are weighed uniformly.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn activation_importance(model: &crate::model::Model, items: &[CalibrationItem], max_new_tokens: usize) -> Result<(HashMap<String, Vec<f32>>, usize), crate::model::ModelError> {
+pub fn calibrate(model: &crate::model::Model, items: &[CalibrationItem], max_new_tokens: usize) -> Result<Calibration, crate::model::ModelError> {
     use crate::model::generate::GenerateOptions;
     let opts = GenerateOptions { max_new_tokens, temperature: 0.0, ..Default::default() };
-    let mut sums: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut sums: HashMap<String, (usize, bool, Vec<f64>)> = HashMap::new();
     let mut tokens_seen = 0usize;
     for item in items {
         let vision = model.encode_image(&item.pixels)?;
@@ -295,17 +314,25 @@ pub fn activation_importance(model: &crate::model::Model, items: &[CalibrationIt
             let mut ids = model.base.tokenizer.encode_prompt(&prompt)?;
             let answer = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true)?;
             ids.extend(&answer.generated_ids);
-            for (names, squares) in model.linear_input_squares(&ids, &prefixes)? {
-                for name in names {
-                    let acc = sums.entry(name).or_insert_with(|| vec![0.0; squares.len()]);
-                    acc.iter_mut().zip(&squares).for_each(|(a, s)| *a += s);
+            for m in model.linear_input_moments(&ids, &prefixes)? {
+                for name in m.names {
+                    let acc = sums.entry(name).or_insert_with(|| (m.cols, m.full, vec![0.0; m.sums.len()]));
+                    acc.2.iter_mut().zip(&m.sums).for_each(|(a, s)| *a += s);
                 }
             }
             tokens_seen += ids.len();
         }
     }
     let n = tokens_seen.max(1) as f64;
-    Ok((sums.into_iter().map(|(k, v)| (k, v.iter().map(|s| (s / n) as f32).collect())).collect(), tokens_seen))
+    let mut out = Calibration { tokens: tokens_seen, ..Default::default() };
+    for (name, (cols, full, s)) in sums {
+        let diag: Vec<f32> = if full { (0..cols).map(|i| (s[i * cols + i] / n) as f32).collect() } else { s.iter().map(|v| (v / n) as f32).collect() };
+        out.importance.insert(name.clone(), diag);
+        if full {
+            out.hessians.insert(name, s.iter().map(|v| v / n).collect());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

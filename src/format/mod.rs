@@ -1,4 +1,5 @@
 //! Weight formats on the wire and on the GPU.
 
+pub mod gptq;
 pub mod package;
 pub mod quant;

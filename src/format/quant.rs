@@ -19,10 +19,19 @@
 //!   `rows·groups` f16 values, two per word, low half first, starting at word
 //!   `scale_base = rows·row_words`.
 //!
-//! Rounding: `d` is rounded to f16 *before* quantising, and bumped up one f16
-//! step in the rare case (tiny, subnormal scales) where rounding down would
-//! push `|w|/d` past `qmax + ½`. So no value is clamped, and the round-trip
-//! error of every element is at most `d/2`.
+//! Rounding ([`Rounding`]; the layout is the same for every method, so the
+//! kernels do not care): `d` is rounded to f16 *before* quantising.
+//! * `Absmax` (the converter's default): `d = absmax/qmax`, bumped up one f16
+//!   step in the rare case (tiny, subnormal scales) where rounding down would
+//!   push `|w|/d` past `qmax + ½`. No value is clamped, and the round-trip
+//!   error of every element is at most `d/2`. q4 uses 15 of its 16 levels.
+//! * `FullRange`: all levels, `q ∈ [-(qmax+1), qmax]`; the largest-magnitude
+//!   element sits on the lowest level (`d` takes its sign, so it may be
+//!   negative): the step is `absmax/8` in q4 instead of `absmax/7`.
+//! * `Search`: all levels, `d` from a grid around both orientations'
+//!   full-range scales, minimising the group's squared error weighted by a
+//!   per-column importance (the mean square of the activations that column
+//!   multiplies, from `quantize --calibration`; uniform without it).
 
 use half::f16;
 
@@ -44,16 +53,21 @@ pub enum Rounding {
     /// full-range scale to minimise the (importance-weighted) squared error
     /// of the group, clamping where that pays.
     Search,
+    /// Error-compensating rounding ([`super::gptq`]): needs the second
+    /// moments of the layer's inputs (`quantize --calibration`); where there
+    /// are none it is `Search`.
+    Gptq,
 }
 
 impl Rounding {
-    pub const ALL: [Rounding; 3] = [Rounding::Absmax, Rounding::FullRange, Rounding::Search];
+    pub const ALL: [Rounding; 4] = [Rounding::Absmax, Rounding::FullRange, Rounding::Search, Rounding::Gptq];
 
     pub fn name(self) -> &'static str {
         match self {
             Rounding::Absmax => "absmax",
             Rounding::FullRange => "full-range",
             Rounding::Search => "search",
+            Rounding::Gptq => "gptq",
         }
     }
 
@@ -66,9 +80,43 @@ impl Rounding {
 /// orientation's full-range scale, in steps of 1/64.
 const SEARCH_STEPS: i32 = 8;
 
+/// Group `g` of `row` (zero-padded past the row's end) and its importance
+/// weights (zero on the padding; 1 without importance).
+pub(crate) fn group_values(row: &[f32], importance: Option<&[f32]>, g: usize, chunk: &mut [f32; QGROUP], weight: &mut [f32; QGROUP]) {
+    for i in 0..QGROUP {
+        let c = g * QGROUP + i;
+        chunk[i] = row.get(c).copied().unwrap_or(0.0);
+        weight[i] = match importance {
+            Some(imp) if c < row.len() => imp[c],
+            Some(_) => 0.0,
+            None => 1.0,
+        };
+    }
+}
+
+/// Stores group `g` of row `r` (scale `d`, integers `q`) into a Q-format
+/// matrix's words.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_group(words: &mut [u32], format: QuantFormat, rows: usize, cols: usize, r: usize, g: usize, d: f16, q: &[i32; QGROUP]) {
+    let row_words = format.row_words(cols);
+    let groups = format.groups(cols);
+    let words_per_group = row_words / groups.max(1);
+    let per_word = QGROUP / words_per_group; // 4 (q8) or 8 (q4)
+    let bits = 32 / per_word as u32;
+    let si = r * groups + g;
+    words[rows * row_words + si / 2] |= (d.to_bits() as u32) << (16 * (si % 2));
+    for (i, &qi) in q.iter().enumerate() {
+        let stored = match format {
+            QuantFormat::Q8 => (qi as i8 as u8) as u32,
+            _ => (qi + 8) as u32,
+        };
+        words[r * row_words + g * words_per_group + i / per_word] |= stored << (bits * (i % per_word) as u32);
+    }
+}
+
 /// Quantises one group of [`QGROUP`] values (zero-padded): returns the f16
 /// scale and the integers (each within the format's level range).
-fn quantise_group(format: QuantFormat, rounding: Rounding, x: &[f32; QGROUP], weight: &[f32; QGROUP]) -> (f16, [i32; QGROUP]) {
+pub(crate) fn quantise_group(format: QuantFormat, rounding: Rounding, x: &[f32; QGROUP], weight: &[f32; QGROUP]) -> (f16, [i32; QGROUP]) {
     let qmax = format.qmax().expect("a Q format");
     // Most negative level: -8 (q4), -128 (q8).
     let qlo = -(qmax + 1.0);
@@ -92,7 +140,7 @@ fn quantise_group(format: QuantFormat, rounding: Rounding, x: &[f32; QGROUP], we
             }
             (d, quantise(d, -qmax))
         }
-        Rounding::FullRange | Rounding::Search => {
+        Rounding::FullRange | Rounding::Search | Rounding::Gptq => {
             // The largest-magnitude element lands on qlo: d = x[imax] / qlo.
             let base = x[imax] / qlo;
             if base == 0.0 {
@@ -104,7 +152,7 @@ fn quantise_group(format: QuantFormat, rounding: Rounding, x: &[f32; QGROUP], we
             };
             let d = f16::from_f32(base);
             let mut best = (d, quantise(d, qlo));
-            if rounding == Rounding::Search {
+            if rounding != Rounding::FullRange {
                 let mut best_err = err(best.0, &best.1);
                 // Both orientations: the extreme element on the negative
                 // level, or on the positive one (d = x[imax] / qmax).
@@ -261,36 +309,14 @@ impl PackedMatrix {
                 }
             }
             QuantFormat::Q8 | QuantFormat::Q4 => {
-                let scale_base = rows * row_words;
-                let words_per_group = row_words / groups.max(1);
-                let per_word = QGROUP / words_per_group; // 4 (q8) or 8 (q4)
-                let bits = 32 / per_word as u32;
                 let mut chunk = [0f32; QGROUP];
                 let mut weight = [1f32; QGROUP];
                 for r in 0..rows {
                     let row = &data[r * cols..(r + 1) * cols];
                     for g in 0..groups {
-                        let range = g * QGROUP..((g + 1) * QGROUP).min(cols);
-                        // The last group is zero-padded, with no weight on the padding.
-                        for i in 0..QGROUP {
-                            chunk[i] = row.get(g * QGROUP + i).copied().filter(|_| g * QGROUP + i < range.end).unwrap_or(0.0);
-                            weight[i] = match importance {
-                                Some(imp) if g * QGROUP + i < range.end => imp[g * QGROUP + i],
-                                Some(_) => 0.0,
-                                None => 1.0,
-                            };
-                        }
+                        group_values(row, importance, g, &mut chunk, &mut weight);
                         let (d, q) = quantise_group(format, rounding, &chunk, &weight);
-                        let si = r * groups + g;
-                        words[scale_base + si / 2] |= (d.to_bits() as u32) << (16 * (si % 2));
-                        for (i, &qi) in q.iter().enumerate() {
-                            let stored = match format {
-                                QuantFormat::Q8 => (qi as i8 as u8) as u32,
-                                _ => (qi + 8) as u32,
-                            };
-                            let w = r * row_words + g * words_per_group + i / per_word;
-                            words[w] |= stored << (bits * (i % per_word) as u32);
-                        }
+                        write_group(&mut words, format, rows, cols, r, g, d, &q);
                     }
                 }
             }

@@ -51,6 +51,20 @@ pub struct ImagePrefixes {
 static NEXT_PREFIXES_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What `forward` returns on the GPU.
+/// Inputs wider than this keep only the diagonal of x xᵀ (a full matrix of
+/// f64 for LLaMA-7B's 11008-wide FFN input would be 970 MB per layer).
+pub const MAX_GRAM_COLS: usize = 1024;
+
+/// Sums over calibration tokens of one linear input's x xᵀ.
+pub struct InputMoments {
+    /// The weights that read this input.
+    pub names: Vec<String>,
+    pub cols: usize,
+    /// `sums` is the full `cols × cols` matrix (else its diagonal only).
+    pub full: bool,
+    pub sums: Vec<f64>,
+}
+
 pub struct ForwardOutput {
     /// Final-norm hidden states of the rows asked for, [rows, dim].
     pub hidden: wgpu::Buffer,
@@ -135,28 +149,37 @@ impl Model {
     }
 
     /// Runs `tokens` from position 0 and returns, for every decoder linear
-    /// (and the output head), the sum over the tokens of each input
-    /// column's square, and the token count: the activation statistics
-    /// that activation-aware quantisation weighs its rounding error by.
-    pub fn linear_input_squares(&self, tokens: &[u32], image: &ImagePrefixes) -> Result<Vec<(Vec<String>, Vec<f64>)>, ModelError> {
+    /// (and the output head), the sum over the tokens of x xᵀ for its input
+    /// x (`cols × cols`, row-major; only the diagonal, as a `cols`-long
+    /// vector, where cols > [`MAX_GRAM_COLS`]): the activation statistics
+    /// that activation-aware and error-compensating quantisation use.
+    pub fn linear_input_moments(&self, tokens: &[u32], image: &ImagePrefixes) -> Result<Vec<InputMoments>, ModelError> {
         let _busy = self.session.claim()?;
         let (d, out) = self.forward_dispatches_tail(tokens, 0, image, tokens.len(), true)?;
         self.run(&d)?;
         let dim = self.config.llama.dim;
         let mut inputs = out.captured;
         inputs.push((vec![super::layers::names::OUTPUT.to_string()], out.hidden, dim));
-        let mut sums = Vec::new();
+        let mut moments = Vec::new();
         for (names, buffer, cols) in inputs {
             let values: Vec<f32> = self.ctx.read_blocking(&buffer, 0, tokens.len() * cols)?;
-            let mut sq = vec![0f64; cols];
+            let full = cols <= MAX_GRAM_COLS;
+            let mut sums = vec![0f64; if full { cols * cols } else { cols }];
             for row in values.chunks(cols) {
-                for (s, v) in sq.iter_mut().zip(row) {
-                    *s += (*v as f64).powi(2);
+                if full {
+                    for (i, &a) in row.iter().enumerate() {
+                        let line = &mut sums[i * cols..(i + 1) * cols];
+                        for (s, &b) in line.iter_mut().zip(row) {
+                            *s += a as f64 * b as f64;
+                        }
+                    }
+                } else {
+                    sums.iter_mut().zip(row).for_each(|(s, &v)| *s += (v as f64).powi(2));
                 }
             }
-            sums.push((names, sq));
+            moments.push(InputMoments { names, cols, full, sums });
         }
-        Ok(sums)
+        Ok(moments)
     }
 
     /// Like [`Model::forward`], with logits for the last `rows` rows only
