@@ -8,6 +8,8 @@
 //! * [`model`]: config, weights, vision, decoder, generation.
 //! * [`text`]: tokenizer and prompt template; [`image`]: CLIP preprocessing.
 //! * `convert` (native): official checkpoints → packages.
+//! * [`limits`]: every bound on a size read from a file; `fuzzing` (native):
+//!   the fuzz harnesses, shared by `fuzz/` and `tests/fuzz_corpus.rs`.
 
 pub mod format;
 pub mod gpu;
