@@ -17,8 +17,11 @@ use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, Llam
 use crate::model::loader::{fit, AdapterPlan, BasePlan, PackagePlan};
 use crate::text::tokenizer::Tokenizer;
 
+/// A harness: bytes in, nothing out (a panic is the failure).
+pub type Harness = fn(&[u8]);
+
 /// The targets, by name (the folder names under `fuzz/corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("manifest", manifest),
     ("checkpoint", checkpoint),
     ("safetensors", safetensors),
