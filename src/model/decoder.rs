@@ -153,6 +153,7 @@ impl Model {
     /// x (`cols × cols`, row-major; only the diagonal, as a `cols`-long
     /// vector, where cols > [`MAX_GRAM_COLS`]): the activation statistics
     /// that activation-aware and error-compensating quantisation use.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn linear_input_moments(&self, tokens: &[u32], image: &ImagePrefixes) -> Result<Vec<InputMoments>, ModelError> {
         let _busy = self.session.claim()?;
         let (d, out) = self.forward_dispatches_tail(tokens, 0, image, tokens.len(), true)?;

@@ -215,7 +215,8 @@ pub struct DirSource(pub std::path::PathBuf);
 #[cfg(not(target_arch = "wasm32"))]
 impl ShardSource for DirSource {
     fn shard(&mut self, _index: usize, entry: &crate::format::package::ShardEntry) -> Result<Vec<u8>, FormatError> {
-        std::fs::read(self.0.join(&entry.file)).map_err(|e| FormatError::Shard { file: entry.file.clone(), reason: e.to_string() })
+        // A file longer than its manifest entry is refused without reading it whole.
+        crate::format::package::read_bounded(&self.0.join(&entry.file), entry.bytes).map_err(|e| FormatError::Shard { file: entry.file.clone(), reason: e.to_string() })
     }
 }
 
@@ -331,18 +332,18 @@ impl Model {
     /// Loads a base + adapter pair of packages from folders (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_dirs(ctx: Rc<GpuContext>, base_dir: &std::path::Path, adapter_dir: &std::path::Path) -> Result<Model, ModelError> {
-        let read = |path: std::path::PathBuf| std::fs::read(&path).map_err(|e| FormatError::Io(format!("{}: {e}", path.display())));
+        let read = |path: std::path::PathBuf, limit: u64| crate::format::package::read_bounded(&path, limit).map_err(|e| FormatError::Io(format!("{}: {e}", path.display())));
         let base_label = base_dir.join("manifest.json").display().to_string();
         let adapter_label = adapter_dir.join("manifest.json").display().to_string();
-        let base_text = read(base_dir.join("manifest.json"))?;
-        let adapter_text = read(adapter_dir.join("manifest.json"))?;
+        let base_text = read(base_dir.join("manifest.json"), crate::limits::MAX_MANIFEST_BYTES)?;
+        let adapter_text = read(adapter_dir.join("manifest.json"), crate::limits::MAX_MANIFEST_BYTES)?;
         // The tokenizer's name comes from the manifest; parse it once here for the path.
         let base_plan = PackagePlan::parse(&base_label, &base_text, PackageKind::Base)?;
         let tokenizer = base_plan.manifest.tokenizer.clone().ok_or_else(|| FormatError::Io("the base package names no tokenizer".into()))?;
         if tokenizer.file.contains('/') || tokenizer.file.contains('\\') || tokenizer.file.starts_with('.') {
             return Err(FormatError::Shard { file: tokenizer.file, reason: "file names must be plain".into() }.into());
         }
-        let tokenizer_bytes = read(base_dir.join(&tokenizer.file))?;
+        let tokenizer_bytes = read(base_dir.join(&tokenizer.file), crate::limits::MAX_TOKENIZER_JSON_BYTES)?;
         pollster::block_on(Model::load(
             ctx,
             (&base_label, &base_text),
