@@ -120,3 +120,37 @@ fn quantize_restores_retargets_and_reports() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Forced decoding (`eval --reference`): the logits that predict each token
+/// of a greedy answer, from one prefill, equal the logits the generation saw
+/// step by step (prefill vs decode plan: same weights, other kernels'
+/// summation order: 1e-3 of the logit range), and their argmaxes are the
+/// answer — so "some forced step disagrees" is "the greedy answer differs".
+#[test]
+fn forced_decoding_reproduces_greedy_steps() {
+    let src = converted_f16("forced");
+    let model = Model::load_dirs(Rc::new(gpu_shared()), &src.join("base"), &src.join("adapter")).unwrap();
+    let size = model.config.clip.image_size;
+    let vision = model.encode_image(&vec![0.1; 3 * size * size]).unwrap();
+    let prefixes = model.prepare_image(&vision).unwrap();
+    let ids = model.base.tokenizer.encode_prompt(&format_prompt("What is in the picture?", None)).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 10, temperature: 0.0, keep_logits: true, ..Default::default() };
+    let got = model.generate_blocking(&prefixes, &ids, &opts, &mut |_, _| true).unwrap();
+    let mut answer = got.generated_ids.clone();
+    if got.stopped_at_eos {
+        answer.push(llama_adapter_web::text::tokenizer::EOS);
+    }
+    assert_eq!(got.logits.len(), answer.len());
+    let forced = pollster::block_on(model.continuation_logits(&prefixes, &ids, &answer)).unwrap();
+    assert_eq!(forced.len(), answer.len());
+    for (step, ((f, g), want)) in forced.iter().zip(&got.logits).zip(&answer).enumerate() {
+        let range = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = f.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-3 * range, "step {step}: forced logits differ by {worst} (range {range})");
+        let argmax = f.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+        assert_eq!(argmax, *want, "step {step}");
+    }
+    // An empty continuation is bad input, not a panic.
+    assert!(pollster::block_on(model.continuation_logits(&prefixes, &ids, &[])).is_err());
+    let _ = std::fs::remove_dir_all(src);
+}
