@@ -60,20 +60,7 @@ fn default_adapter() -> AdapterConfig {
 
 /// A device with WebGPU's default limits (what a browser gives).
 fn device() -> GpuInfo {
-    GpuInfo {
-        name: "fuzz".into(),
-        backend: "none".into(),
-        device_type: "none".into(),
-        driver: String::new(),
-        shader_f16: false,
-        subgroups: false,
-        timestamps: false,
-        max_storage_binding: 128 << 20,
-        max_buffer_size: 256 << 20,
-        max_workgroup_storage: 16384,
-        max_invocations_per_workgroup: 256,
-        max_storage_buffers_per_stage: 8,
-    }
+    GpuInfo::webgpu_defaults("fuzz")
 }
 
 /// manifest.json: the loader's plan (size bound, parse, kind, shard names

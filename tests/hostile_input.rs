@@ -26,20 +26,7 @@ fn base_plan(m: &serde_json::Value) -> Result<BasePlan, FormatError> {
 }
 
 fn browser_gpu() -> GpuInfo {
-    GpuInfo {
-        name: "test".into(),
-        backend: "none".into(),
-        device_type: "none".into(),
-        driver: String::new(),
-        shader_f16: false,
-        subgroups: false,
-        timestamps: false,
-        max_storage_binding: 128 << 20,
-        max_buffer_size: 256 << 20,
-        max_workgroup_storage: 16384,
-        max_invocations_per_workgroup: 256,
-        max_storage_buffers_per_stage: 8,
-    }
+    GpuInfo::webgpu_defaults("test")
 }
 
 #[test]

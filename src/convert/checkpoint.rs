@@ -101,7 +101,9 @@ fn read_json(path: &Path) -> Result<serde_json::Value, ConvertError> {
     serde_json::from_slice(&text).map_err(|e| bad(&path.display().to_string(), e.to_string()))
 }
 
-fn write_package(dir: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)], extra: &[(String, Vec<u8>)]) -> Result<(Vec<u8>, u64), ConvertError> {
+/// Writes a package folder: its shard files, `extra` files (the tokenizer)
+/// and manifest.json. Returns the manifest's bytes and the other files' total.
+pub(crate) fn write_package(dir: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)], extra: &[(String, Vec<u8>)]) -> Result<(Vec<u8>, u64), ConvertError> {
     std::fs::create_dir_all(dir).map_err(|e| ConvertError::Io(format!("{}: {e}", dir.display())))?;
     let mut total = 0;
     for (name, bytes) in files.iter().chain(extra) {
@@ -443,30 +445,11 @@ fn convert_adapter(
 }
 
 /// Rewrites a converted base + adapter pair with another storage format for
-/// the large weights (same rule as `convert`). From q8/q4 to f32 this gives
+/// the large weights (the `quantize` rule with absmax rounding), into
+/// `out/base` and `out/<adapter folder name>`. From q8/q4 to f32 this gives
 /// the exact dequantised weights: the reference the quantised engine is
 /// tested against.
 pub fn restore_format(base_dir: &Path, adapter_dir: &Path, out: &Path, quant: QuantFormat) -> Result<(), ConvertError> {
-    use crate::format::package::LoadedPackage;
-    let base = LoadedPackage::read_dir(base_dir, PackageKind::Base)?;
-    let adapter = LoadedPackage::read_dir(adapter_dir, PackageKind::Adapter)?;
-    let rewrite = |p: &LoadedPackage| -> (Manifest, Vec<(String, Vec<u8>)>) {
-        let mut w = PackageWriter::new(64 << 20, 64 << 20);
-        for t in &p.manifest.tensors {
-            let data = p.tensor_f32(&t.name).expect("validated tensor");
-            let format = if t.format == "f32" { QuantFormat::F32 } else { quant };
-            w.add(&t.name, &t.shape, format, &data);
-        }
-        let (mut m, files) = w.finish(p.manifest.kind, p.manifest.config.clone());
-        m.tokenizer = p.manifest.tokenizer.clone();
-        (m, files)
-    };
-    let (base_manifest, base_files) = rewrite(&base);
-    let tokenizer = base.manifest.tokenizer.as_ref().map(|t| read_bounded(&base_dir.join(&t.file), crate::limits::MAX_TOKENIZER_JSON_BYTES)).transpose().map_err(|e| ConvertError::Io(e.to_string()))?;
-    let extra: Vec<(String, Vec<u8>)> = tokenizer.into_iter().map(|b| ("tokenizer.json".to_string(), b)).collect();
-    let (text, _) = write_package(&out.join("base"), &base_manifest, &base_files, &extra)?;
-    let (mut adapter_manifest, adapter_files) = rewrite(&adapter);
-    adapter_manifest.base_sha256 = Some(sha256_hex(&text));
-    write_package(&out.join("adapter"), &adapter_manifest, &adapter_files, &[])?;
-    Ok(())
+    let opts = super::quantize::QuantizeOptions { to: quant, ..Default::default() };
+    super::quantize::quantize_packages(Some(base_dir), &[adapter_dir.to_path_buf()], out, &opts).map(|_| ())
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::checkpoint::ConvertError;
+use super::checkpoint::{write_package, ConvertError};
 use crate::format::package::{sha256_hex, LoadedPackage, Manifest, PackageKind, PackageWriter};
 use crate::format::gptq;
 use crate::format::quant::{PackedMatrix, QuantFormat, Rounding};
@@ -217,16 +217,11 @@ fn requantize(package: &LoadedPackage, label: &str, opts: &QuantizeOptions, repo
     Ok((manifest, files))
 }
 
+/// [`write_package`], counting the manifest in the bytes written.
 fn write(dir: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)], extra: &[(String, Vec<u8>)]) -> Result<(Vec<u8>, u64), ConvertError> {
-    std::fs::create_dir_all(dir).map_err(|e| ConvertError::Io(format!("{}: {e}", dir.display())))?;
-    let mut total = 0;
-    for (name, bytes) in files.iter().chain(extra) {
-        std::fs::write(dir.join(name), bytes).map_err(|e| ConvertError::Io(format!("{}: {e}", dir.join(name).display())))?;
-        total += bytes.len() as u64;
-    }
-    let text = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
-    std::fs::write(dir.join("manifest.json"), &text).map_err(|e| ConvertError::Io(format!("{}: {e}", dir.display())))?;
-    Ok((text.clone(), total + text.len() as u64))
+    let (text, bytes) = write_package(dir, manifest, files, extra)?;
+    let total = bytes + text.len() as u64;
+    Ok((text, total))
 }
 
 /// Re-stores `base` (into `out/base`) and each adapter (into `out/<its

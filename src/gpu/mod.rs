@@ -67,6 +67,28 @@ pub struct GpuInfo {
     pub max_storage_buffers_per_stage: u32,
 }
 
+impl GpuInfo {
+    /// A device with WebGPU's default limits and no optional features (what
+    /// a browser gives at the least), named `name`: for checks that need no
+    /// real device (`fit` in tests and fuzzing).
+    pub fn webgpu_defaults(name: &str) -> GpuInfo {
+        GpuInfo {
+            name: name.into(),
+            backend: "none".into(),
+            device_type: "none".into(),
+            driver: String::new(),
+            shader_f16: false,
+            subgroups: false,
+            timestamps: false,
+            max_storage_binding: 128 << 20,
+            max_buffer_size: 256 << 20,
+            max_workgroup_storage: 16384,
+            max_invocations_per_workgroup: 256,
+            max_storage_buffers_per_stage: 8,
+        }
+    }
+}
+
 impl std::fmt::Display for GpuInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = if self.name.is_empty() { "(unnamed)" } else { &self.name };
