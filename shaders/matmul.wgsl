@@ -46,11 +46,27 @@ override FORMAT: u32 = 0u;
 @group(0) @binding(6) var<uniform> x_window: array<vec4<f32>, 4096>;
 @group(0) @binding(7) var<storage, read> weights4: array<vec4<u32>>;
 
-fn store_output(t: u32, j: u32, value: f32) {
-    let col = params.out_offset + j;
+// With GATED (gemv and rowwise) the weights are [w1; w3], 2n rows, and the
+// kernel stores silu(y1) ⊙ y3 for its n outputs: y1 from row j, y3 from row
+// n + j (the FFN's gate in the matmul's epilogue). Bias and scale index the
+// 2n rows the same way; accumulating into y is not supported with it.
+override GATED: bool = false;
+
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+// Bias and scale of output column `col` (a global row of the weights).
+fn epilogue(col: u32, value: f32) -> f32 {
     var v = value;
     if ((params.flags & 1u) != 0u) { v += bias[col]; }
     if ((params.flags & 2u) != 0u) { v *= out_scale[col]; }
+    return v;
+}
+
+fn store_output(t: u32, j: u32, value: f32) {
+    let col = params.out_offset + j;
+    var v = epilogue(col, value);
     let i = params.y_offset + t * params.out_stride + col;
     if ((params.flags & 4u) != 0u) { v += y[i]; }
     y[i] = v;
@@ -109,6 +125,7 @@ fn group_dot(r: u32, c: u32, xb: u32) -> f32 {
 const GEMV_ROWS: u32 = 8u;
 const GEMV_LANES: u32 = 32u;
 var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial_up: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -116,23 +133,34 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let r = wid.x * GEMV_ROWS + lid / GEMV_LANES;
     let t = wid.y;
     var acc = 0.0;
+    var acc_up = 0.0;   // GATED: row n + r
     if (r < params.n) {
         let xb = params.x_offset + t * params.x_stride;
         let chunks = (params.k + QGROUP - 1u) / QGROUP;
         for (var c = lane; c < chunks; c += GEMV_LANES) {
             acc += group_dot(r, c, xb);
+            if (GATED) { acc_up += group_dot(r + params.n, c, xb); }
         }
     }
     partial[lid] = acc;
+    partial_up[lid] = acc_up;
     workgroupBarrier();
     for (var s = GEMV_LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
             partial[lid] += partial[lid + s];
+            if (GATED) { partial_up[lid] += partial_up[lid + s]; }
         }
         workgroupBarrier();
     }
     if (lane == 0u && r < params.n) {
-        store_output(t, r, partial[lid]);
+        if (GATED) {
+            let col = params.out_offset + r;
+            let gate = epilogue(col, partial[lid]);
+            let up = epilogue(col + params.n, partial_up[lid]);
+            y[params.y_offset + t * params.out_stride + col] = silu(gate) * up;
+        } else {
+            store_output(t, r, partial[lid]);
+        }
     }
 }
 
@@ -225,18 +253,23 @@ fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
 // ---------------------------------------------------------------------------
 // rowwise: the shape for CPU-backed adapters (Mesa lavapipe, SwiftShader).
-// They run invocations as SIMD lanes, and a storage-buffer load costs a loop
-// over the lanes, while a uniform-buffer load at an address that is the same
-// in every lane is one scalar load. So here each invocation owns one output
-// feature j (one weight row) and ROWWISE_TOKENS x rows, the k loop is the
-// same in every lane, x comes through the uniform window (X_UNIFORM) when it
-// fits, and weights come in 16-byte loads (32 q4 weights per load).
-// Grid: (ceil(n/64), ceil(rows of this dispatch / ROWWISE_TOKENS)).
+// They run invocations as SIMD lanes, and a load whose address differs per
+// lane costs a loop over the lanes, while the k loop here is the same in
+// every lane. Reading x is what costs most (measured: with x replaced by a
+// constant the kernel runs 3-4x faster), so each invocation owns a register
+// tile of ROWWISE_ROWS weight rows (rows j, j+64, ..) by ROWWISE_TOKENS x
+// rows: every x load feeds ROWWISE_ROWS rows and every unpacked weight feeds
+// ROWWISE_TOKENS tokens. x comes through the uniform window (X_UNIFORM) when
+// it fits, and weights come in 16-byte loads (32 q4 weights per load).
+// Grid: (ceil(n / (64·ROWWISE_ROWS)), ceil(rows of this dispatch / ROWWISE_TOKENS)).
 
 override X_UNIFORM: bool = false;
 // x rows per invocation: 4, or 1 for a single row (decode), so that no lane
 // computes dot products it throws away.
 override ROWWISE_TOKENS: u32 = 4u;
+// Weight rows per invocation: 1, 2 or 4 (with GATED: 2 or 4, half w1, half w3).
+override ROWWISE_ROWS: u32 = 1u;
+const ROWWISE_WG: u32 = 64u;
 
 // x[row t (counted from t_first), columns c .. c+3]; c is a multiple of 4 and,
 // with X_UNIFORM, x_offset and x_stride are too (the wrapper checks).
@@ -256,6 +289,28 @@ fn x_scalar(t: u32, c: u32) -> f32 {
     return x[i];
 }
 
+// Columns c .. c+3 of x rows t0 .. t0+3 (rows past t0 + t_last repeat the
+// last one and are not stored; only row t0 with one token per invocation).
+fn x_tile(t0: u32, t_last: u32, c: u32) -> array<vec4<f32>, 4> {
+    var xt: array<vec4<f32>, 4>;
+    xt[0] = x_vec4(t0, c);
+    if (ROWWISE_TOKENS > 1u) {
+        xt[1] = x_vec4(t0 + min(1u, t_last), c);
+        xt[2] = x_vec4(t0 + min(2u, t_last), c);
+        xt[3] = x_vec4(t0 + min(3u, t_last), c);
+    }
+    return xt;
+}
+
+// Four weights dotted with the same four columns of each x row of the tile:
+// component t belongs to token t0 + t.
+fn dot_tile(w: vec4<f32>, xt: array<vec4<f32>, 4>) -> vec4<f32> {
+    if (ROWWISE_TOKENS == 1u) {
+        return vec4<f32>(dot(w, xt[0]), 0.0, 0.0, 0.0);
+    }
+    return vec4<f32>(dot(w, xt[0]), dot(w, xt[1]), dot(w, xt[2]), dot(w, xt[3]));
+}
+
 // 8 weights (columns 8i .. 8i+7 of a group) from one packed word: q4 nibbles.
 fn q4_lo(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
@@ -268,107 +323,182 @@ fn q8_4(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-// Dot of four weights with the same four columns of x rows t0 .. t0+3:
-// component t of the result belongs to row t0 + t (rows past t0 + t_last
-// repeat the last one and are not stored).
-fn dot4(w: vec4<f32>, t0: u32, t_last: u32, c: u32) -> vec4<f32> {
-    if (ROWWISE_TOKENS == 1u) {
-        return vec4<f32>(dot(w, x_vec4(t0, c)), 0.0, 0.0, 0.0);
+// A group's weights come in 16-byte loads ("units"): q4 one, q8 two, f16
+// four, f32 eight; each unit holds 32 / units columns, 4 per step.
+fn group_units() -> u32 {
+    if (FORMAT == FMT_Q4) { return 1u; }
+    if (FORMAT == FMT_Q8) { return 2u; }
+    if (FORMAT == FMT_F16) { return 4u; }
+    return 8u;
+}
+
+// Unit u of group c of weight row j.
+fn load_unit(j: u32, c: u32, u: u32, aligned: bool) -> vec4<u32> {
+    let base = j * params.row_words + c * (4u * group_units()) + 4u * u;
+    if (aligned) {
+        return weights4[base / 4u];
     }
-    return vec4<f32>(
-        dot(w, x_vec4(t0, c)),
-        dot(w, x_vec4(t0 + min(1u, t_last), c)),
-        dot(w, x_vec4(t0 + min(2u, t_last), c)),
-        dot(w, x_vec4(t0 + min(3u, t_last), c)));
+    return vec4<u32>(weights[base], weights[base + 1u], weights[base + 2u], weights[base + 3u]);
+}
+
+// The four weights of step s of a unit.
+fn unit_four(w: vec4<u32>, s: u32) -> vec4<f32> {
+    if (FORMAT == FMT_Q4) {
+        if (s % 2u == 0u) { return q4_lo(w[s / 2u]); }
+        return q4_hi(w[s / 2u]);
+    }
+    if (FORMAT == FMT_Q8) { return q8_4(w[s]); }
+    if (FORMAT == FMT_F16) { return vec4<f32>(unpack2x16float(w[2u * s]), unpack2x16float(w[2u * s + 1u])); }
+    return bitcast<vec4<f32>>(w);
+}
+
+// The f16 scale of group c of row j; with a multiple of 8 groups per row the
+// scales of 8 groups come in one 16-byte load, kept in `words` (the scale
+// region starts 16-byte aligned).
+fn row_scale(j: u32, c: u32, words: ptr<function, vec4<u32>>) -> f32 {
+    if (FORMAT != FMT_Q4 && FORMAT != FMT_Q8) { return 1.0; }
+    if ((params.groups % 8u) != 0u) {
+        return group_scale(params.scale_base, j * params.groups + c);
+    }
+    if (c % 8u == 0u) {
+        *words = weights4[(params.scale_base + (j * params.groups + c) / 2u) / 4u];
+    }
+    return unpack2x16float((*words)[(c % 8u) / 2u])[c % 2u];
+}
+
+// Weight row i of the invocation's tile (i < ROWWISE_ROWS): rows first,
+// first + 64, .. and, with GATED, the first half are w1 rows and the second
+// half the w3 rows (n + ..) of the same outputs. Lanes past n compute row
+// n-1 and do not store: keeping every lane active keeps the x loads the same
+// in every lane.
+fn tile_row(first: u32, i: u32) -> u32 {
+    if (GATED) {
+        let half = ROWWISE_ROWS / 2u;
+        if (i >= half) { return min(first + ROWWISE_WG * (i - half), params.n - 1u) + params.n; }
+    }
+    return min(first + ROWWISE_WG * i, params.n - 1u);
+}
+
+// Outputs per invocation.
+fn tile_outputs() -> u32 {
+    return select(ROWWISE_ROWS, ROWWISE_ROWS / 2u, GATED);
 }
 
 @compute @workgroup_size(64)
-fn rowwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    // Lanes past n compute row n-1 and do not store: keeping every lane
-    // active keeps the uniform x loads scalar.
-    let j = min(gid.x, params.n - 1u);
+fn rowwise(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let first = wid.x * ROWWISE_WG * tile_outputs() + lid;
+    let r0 = tile_row(first, 0u);
+    let r1 = tile_row(first, 1u);
+    let r2 = tile_row(first, 2u);
+    let r3 = tile_row(first, 3u);
     let t0 = wid.y * ROWWISE_TOKENS;             // relative to t_first
     let t_last = min(ROWWISE_TOKENS, params.m - t0) - 1u;
-    var acc = vec4<f32>(0.0);
+    // acc_i: row r_i, component t: token t0 + t.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var sw0 = vec4<u32>(0u);
+    var sw1 = vec4<u32>(0u);
+    var sw2 = vec4<u32>(0u);
+    var sw3 = vec4<u32>(0u);
     let full_groups = params.k / QGROUP;
     let aligned = (params.row_words % 4u) == 0u;
-    // With a multiple of 8 groups per row, the f16 scales of 8 groups come
-    // in one 16-byte load (the scale region starts 16-byte aligned).
-    let scales8 = (params.groups % 8u) == 0u;
-    var scale_words = vec4<u32>(0u);
+    let units = group_units();
+    let steps = 8u / units;
     for (var c = 0u; c < full_groups; c++) {
-        let k0 = c * QGROUP;
-        var part = vec4<f32>(0.0);
-        var s = 0.0;
-        if (FORMAT == FMT_Q4 || FORMAT == FMT_Q8) {
-            if (scales8) {
-                if (c % 8u == 0u) {
-                    scale_words = weights4[(params.scale_base + (j * params.groups + c) / 2u) / 4u];
+        var p0 = vec4<f32>(0.0);
+        var p1 = vec4<f32>(0.0);
+        var p2 = vec4<f32>(0.0);
+        var p3 = vec4<f32>(0.0);
+        if (FORMAT == FMT_Q4) {
+            // One 16-byte load per row holds the whole group: word i has columns 8i .. 8i+7.
+            let w0 = load_unit(r0, c, 0u, true);
+            var w1 = vec4<u32>(0u);
+            var w2 = vec4<u32>(0u);
+            var w3 = vec4<u32>(0u);
+            if (ROWWISE_ROWS > 1u) { w1 = load_unit(r1, c, 0u, true); }
+            if (ROWWISE_ROWS > 2u) { w2 = load_unit(r2, c, 0u, true); w3 = load_unit(r3, c, 0u, true); }
+            for (var i = 0u; i < 4u; i++) {
+                // One x tile feeds every row of the tile.
+                let xl = x_tile(t0, t_last, c * QGROUP + 8u * i);
+                let xh = x_tile(t0, t_last, c * QGROUP + 8u * i + 4u);
+                p0 += dot_tile(q4_lo(w0[i]), xl) + dot_tile(q4_hi(w0[i]), xh);
+                if (ROWWISE_ROWS > 1u) { p1 += dot_tile(q4_lo(w1[i]), xl) + dot_tile(q4_hi(w1[i]), xh); }
+                if (ROWWISE_ROWS > 2u) {
+                    p2 += dot_tile(q4_lo(w2[i]), xl) + dot_tile(q4_hi(w2[i]), xh);
+                    p3 += dot_tile(q4_lo(w3[i]), xl) + dot_tile(q4_hi(w3[i]), xh);
                 }
-                s = unpack2x16float(scale_words[(c % 8u) / 2u])[c % 2u];
-            } else {
-                s = group_scale(params.scale_base, j * params.groups + c);
             }
         }
-        if (FORMAT == FMT_Q4) {
-            let q = weights4[(j * params.row_words + c * 4u) / 4u];
-            for (var i = 0u; i < 4u; i++) {
-                part += dot4(q4_lo(q[i]), t0, t_last, k0 + 8u * i) + dot4(q4_hi(q[i]), t0, t_last, k0 + 8u * i + 4u);
-            }
-            acc += part * s;
-        } else if (FORMAT == FMT_Q8) {
-            for (var h = 0u; h < 2u; h++) {
-                let q = weights4[(j * params.row_words + c * 8u) / 4u + h];
-                for (var i = 0u; i < 4u; i++) {
-                    part += dot4(q8_4(q[i]), t0, t_last, k0 + 16u * h + 4u * i);
+        for (var u = 0u; u < select(units, 0u, FORMAT == FMT_Q4); u++) {
+            let w0 = load_unit(r0, c, u, aligned);
+            var w1 = vec4<u32>(0u);
+            var w2 = vec4<u32>(0u);
+            var w3 = vec4<u32>(0u);
+            if (ROWWISE_ROWS > 1u) { w1 = load_unit(r1, c, u, aligned); }
+            if (ROWWISE_ROWS > 2u) { w2 = load_unit(r2, c, u, aligned); w3 = load_unit(r3, c, u, aligned); }
+            for (var s = 0u; s < steps; s++) {
+                let xt = x_tile(t0, t_last, c * QGROUP + 4u * (u * steps + s));
+                p0 += dot_tile(unit_four(w0, s), xt);
+                if (ROWWISE_ROWS > 1u) { p1 += dot_tile(unit_four(w1, s), xt); }
+                if (ROWWISE_ROWS > 2u) {
+                    p2 += dot_tile(unit_four(w2, s), xt);
+                    p3 += dot_tile(unit_four(w3, s), xt);
                 }
             }
-            acc += part * s;
-        } else if (FORMAT == FMT_F16) {
-            let base = j * params.row_words + c * 16u;
-            for (var h = 0u; h < 4u; h++) {
-                var q: vec4<u32>;
-                if (aligned) {
-                    q = weights4[base / 4u + h];
-                } else {
-                    q = vec4<u32>(weights[base + 4u * h], weights[base + 4u * h + 1u], weights[base + 4u * h + 2u], weights[base + 4u * h + 3u]);
-                }
-                for (var i = 0u; i < 2u; i++) {
-                    let w = vec4<f32>(unpack2x16float(q[2u * i]), unpack2x16float(q[2u * i + 1u]));
-                    part += dot4(w, t0, t_last, k0 + 8u * h + 4u * i);
-                }
-            }
-            acc += part;
-        } else {
-            let base = j * params.row_words + k0;
-            for (var h = 0u; h < 8u; h++) {
-                var q: vec4<u32>;
-                if (aligned) {
-                    q = weights4[base / 4u + h];
-                } else {
-                    q = vec4<u32>(weights[base + 4u * h], weights[base + 4u * h + 1u], weights[base + 4u * h + 2u], weights[base + 4u * h + 3u]);
-                }
-                part += dot4(bitcast<vec4<f32>>(q), t0, t_last, k0 + 4u * h);
-            }
-            acc += part;
+        }
+        acc0 += p0 * row_scale(r0, c, &sw0);
+        if (ROWWISE_ROWS > 1u) { acc1 += p1 * row_scale(r1, c, &sw1); }
+        if (ROWWISE_ROWS > 2u) {
+            acc2 += p2 * row_scale(r2, c, &sw2);
+            acc3 += p3 * row_scale(r3, c, &sw3);
         }
     }
     // Last, partial group: element by element, never reading past k.
     for (var kk = full_groups * QGROUP; kk < params.k; kk++) {
-        let w = weight_at(j, kk, params.row_words, params.groups, params.scale_base);
-        if (ROWWISE_TOKENS == 1u) {
-            acc.x += w * x_scalar(t0, kk);
-            continue;
+        var xv = vec4<f32>(x_scalar(t0, kk), 0.0, 0.0, 0.0);
+        if (ROWWISE_TOKENS > 1u) {
+            xv = vec4<f32>(x_scalar(t0, kk), x_scalar(t0 + min(1u, t_last), kk), x_scalar(t0 + min(2u, t_last), kk), x_scalar(t0 + min(3u, t_last), kk));
         }
-        acc += w * vec4<f32>(
-            x_scalar(t0, kk),
-            x_scalar(t0 + min(1u, t_last), kk),
-            x_scalar(t0 + min(2u, t_last), kk),
-            x_scalar(t0 + min(3u, t_last), kk));
+        acc0 += weight_at(r0, kk, params.row_words, params.groups, params.scale_base) * xv;
+        if (ROWWISE_ROWS > 1u) { acc1 += weight_at(r1, kk, params.row_words, params.groups, params.scale_base) * xv; }
+        if (ROWWISE_ROWS > 2u) {
+            acc2 += weight_at(r2, kk, params.row_words, params.groups, params.scale_base) * xv;
+            acc3 += weight_at(r3, kk, params.row_words, params.groups, params.scale_base) * xv;
+        }
     }
-    if (gid.x < params.n) {
-        for (var t = 0u; t <= t_last; t++) {
-            store_output(params.t_first + t0 + t, j, acc[t]);
+    if (GATED) {
+        // (w1 row, w3 row) pairs: (0, 1) with two tile rows, (0, 2) and (1, 3) with four.
+        if (ROWWISE_ROWS == 2u) {
+            store_tile(first, t0, t_last, acc0, acc1);
+        } else {
+            store_tile(first, t0, t_last, acc0, acc2);
+            store_tile(first + ROWWISE_WG, t0, t_last, acc1, acc3);
+        }
+        return;
+    }
+    store_tile(first, t0, t_last, acc0, acc0);
+    if (ROWWISE_ROWS > 1u) { store_tile(first + ROWWISE_WG, t0, t_last, acc1, acc1); }
+    if (ROWWISE_ROWS > 2u) {
+        store_tile(first + 2u * ROWWISE_WG, t0, t_last, acc2, acc2);
+        store_tile(first + 3u * ROWWISE_WG, t0, t_last, acc3, acc3);
+    }
+}
+
+// Stores the tile's results for output j (nothing past n); with GATED,
+// `acc_up` holds the w3 row's.
+fn store_tile(j: u32, t0: u32, t_last: u32, acc: vec4<f32>, acc_up: vec4<f32>) {
+    if (j >= params.n) { return; }
+    for (var t = 0u; t <= t_last; t++) {
+        let row = params.t_first + t0 + t;
+        if (GATED) {
+            let col = params.out_offset + j;
+            let gate = epilogue(col, acc[t]);
+            let up = epilogue(col + params.n, acc_up[t]);
+            y[params.y_offset + row * params.out_stride + col] = silu(gate) * up;
+        } else {
+            store_output(row, j, acc[t]);
         }
     }
 }

@@ -107,7 +107,7 @@ pub fn bench_matmul(ctx: &GpuContext, format: QuantFormat, m: usize, n: usize, k
     let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric(1.0)).collect();
     let x = ctx.upload_activations("bench x", &x);
     let y = ctx.activations("bench y", (m * n * 4) as u64);
-    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: n, accumulate: false };
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: n, accumulate: false, gated: false };
     let dispatches = matmul(ctx, &args, shape)?;
     let (seconds, clock) = time_dispatches(ctx, &dispatches, reps)?;
     Ok(MatmulFigure {
@@ -327,6 +327,24 @@ pub struct ModelFigures {
     pub activation_bytes: u64,
 }
 
+/// Prints the GPU time of each kernel (label and grid) over `steps`, each dispatch timed alone.
+fn profile_dispatches(ctx: &GpuContext, what: &str, steps: &[Dispatch]) -> Result<(), GpuError> {
+    let mut by_kernel: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+    let mut total = 0.0;
+    for d in steps {
+        let (secs, _) = time_dispatches(ctx, std::slice::from_ref(d), 3)?;
+        let e = by_kernel.entry(format!("{} {:?}", d.label, d.workgroups)).or_default();
+        e.0 += 1;
+        e.1 += secs;
+        total += secs;
+    }
+    for (label, (count, secs)) in by_kernel {
+        eprintln!("profile {what}: {label:<32} {count:>4} dispatches {:>9.3} ms", secs * 1e3);
+    }
+    eprintln!("profile {what}: total {:.3} ms over {} dispatches", total * 1e3, steps.len());
+    Ok(())
+}
+
 /// Runs vision, a `prompt`-token prefill and `new_tokens` greedy decode steps.
 pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_tokens: usize) -> Result<ModelFigures, ModelError> {
     let t = Instant::now();
@@ -373,18 +391,11 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     let dispatches = plan.dispatches_per_step();
     model.session.put_plan(plan);
     if std::env::var("LLAMA_ADAPTER_PROFILE").is_ok() {
-        // GPU time per kernel of one decode step, each dispatch timed alone.
+        // GPU time per kernel of one decode step and of the prefill, each dispatch timed alone.
         let (steps, _) = model.forward_dispatches(&[next], prompt + new_tokens, &prefixes, false)?;
-        let mut by_kernel: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
-        for d in steps {
-            let (secs, _) = time_dispatches(&ctx, std::slice::from_ref(&d), 3)?;
-            let e = by_kernel.entry(format!("{} {:?}", d.label, d.workgroups)).or_default();
-            e.0 += 1;
-            e.1 += secs;
-        }
-        for (label, (count, secs)) in by_kernel {
-            eprintln!("profile: {label:<28} {count:>4} dispatches {:>9.3} ms", secs * 1e3);
-        }
+        profile_dispatches(&ctx, "decode", &steps)?;
+        let (steps, _) = model.forward_dispatches(&tokens, 0, &prefixes, false)?;
+        profile_dispatches(&ctx, "prefill", &steps)?;
     }
     let l = &cfg.llama;
     // Weights a decode step reads: every layer matrix, the output head, one

@@ -32,14 +32,18 @@ struct Case {
     window: bool,
     /// How the Q formats round (full-range and search give negative scales and the -8 / -128 level).
     rounding: Rounding,
+    /// The weights are [w1; w3] (2n rows) and the kernel stores silu(y1) ⊙ y3.
+    gated: bool,
 }
 
 fn check(case: &Case, seed: u64) {
     let ctx = gpu();
     let Case { format, m, n, k, shape, .. } = *case;
+    // Weight rows: n outputs, or [w1; w3] for the gated epilogue.
+    let rows = if case.gated { 2 * n } else { n };
     let mut rng = Rng::new(seed);
-    let w: Vec<f32> = rng.vec_normal(n * k, 0.5);
-    let packed = PackedMatrix::pack_with(format, n, k, &w, case.rounding, None);
+    let w: Vec<f32> = rng.vec_normal(rows * k, 0.5);
+    let packed = PackedMatrix::pack_with(format, rows, k, &w, case.rounding, None);
     // x rows live at offset 3 with a stride of k + x_pad, to test addressing.
     let x_stride = k + case.x_pad;
     let x_offset = if case.window { 8 } else { 3 };
@@ -48,8 +52,8 @@ fn check(case: &Case, seed: u64) {
     for t in 0..m {
         x_buf[x_offset + t * x_stride..x_offset + t * x_stride + k].copy_from_slice(&x[t * k..(t + 1) * k]);
     }
-    let bias: Vec<f32> = rng.vec_normal(n, 1.0);
-    let scale: Vec<f32> = (0..n).map(|_| 0.5 + rng.uniform() as f32).collect();
+    let bias: Vec<f32> = rng.vec_normal(rows, 1.0);
+    let scale: Vec<f32> = (0..rows).map(|_| 0.5 + rng.uniform() as f32).collect();
     let y0: Vec<f32> = rng.vec_normal(m * n, 1.0);
 
     let weight = match case.block_limit {
@@ -57,7 +61,7 @@ fn check(case: &Case, seed: u64) {
         None => GpuMatrix::upload(ctx, "w", &packed).unwrap(),
     };
     if let Some(limit) = case.block_limit {
-        assert!(weight.blocks.len() > 1, "block limit {limit} should split the {n}x{k} matrix");
+        assert!(weight.blocks.len() > 1, "block limit {limit} should split the {rows}x{k} matrix");
     }
     let x_gpu = if case.window { ctx.upload_activations("x", &x_buf) } else { ctx.upload("x", &x_buf) };
     let bias_gpu = ctx.upload("bias", &bias);
@@ -75,6 +79,7 @@ fn check(case: &Case, seed: u64) {
         y_offset: 0,
         y_stride: n,
         accumulate: case.accumulate,
+        gated: case.gated,
     };
     if shape == MatmulShape::Rowwise {
         let aligned = k % 4 == 0 && x_stride % 4 == 0;
@@ -83,19 +88,38 @@ fn check(case: &Case, seed: u64) {
     run(ctx, &matmul(ctx, &args, shape).unwrap());
     let got = read_f32(ctx, &y_gpu, m * n);
 
-    let mut want = reference::matmul::matmul(&x, m, &packed, case.bias.then_some(&bias[..]), case.scale.then_some(&scale[..]));
+    // The plain product of all weight rows, and its error bound per element.
+    let full = reference::matmul::matmul(&x, m, &packed, case.bias.then_some(&bias[..]), case.scale.then_some(&scale[..]));
+    let deq = packed.dequantize();
+    let abs_sum = |t: usize, j: usize| -> f64 { (0..k).map(|i| (x[t * k + i] * deq[j * k + i]).abs() as f64).sum() };
+    let bound = |t: usize, j: usize| -> f64 {
+        let s = if case.scale { scale[j] as f64 } else { 1.0 };
+        16.0 * (k as f64).sqrt() * U * abs_sum(t, j) * s + 4.0 * U * full[t * rows + j].abs() as f64
+    };
+    let what = format!("{} {:?} m={m} n={n} k={k} bias={} scale={} acc={} gated={}", format.name(), shape, case.bias, case.scale, case.accumulate, case.gated);
+    if case.gated {
+        // silu(a)·b: an error da moves it by at most 1.1·|da|·|b| (|silu'| < 1.1), db by |silu(a)|·|db|.
+        let silu = |a: f64| a / (1.0 + (-a).exp());
+        let want: Vec<f32> = (0..m * n).map(|i| {
+            let (t, j) = (i / n, i % n);
+            (silu(full[t * rows + j] as f64) * full[t * rows + n + j] as f64) as f32
+        }).collect();
+        assert_close(&what, &got, &want, |i| {
+            let (t, j) = (i / n, i % n);
+            let (a, b) = (full[t * rows + j] as f64, full[t * rows + n + j] as f64);
+            1.1 * bound(t, j) * b.abs() + silu(a).abs() * bound(t, n + j) + bound(t, j) * bound(t, n + j) + 8.0 * U * (want[i].abs() as f64) + 1e-30
+        });
+        return;
+    }
+    let mut want = full.clone();
     if case.accumulate {
         for (w, y) in want.iter_mut().zip(&y0) {
             *w += y;
         }
     }
-    let deq = packed.dequantize();
-    let abs_sum = |t: usize, j: usize| -> f64 { (0..k).map(|i| (x[t * k + i] * deq[j * k + i]).abs() as f64).sum() };
-    let what = format!("{} {:?} m={m} n={n} k={k} bias={} scale={} acc={}", format.name(), shape, case.bias, case.scale, case.accumulate);
     assert_close(&what, &got, &want, |i| {
         let (t, j) = (i / n, i % n);
-        let s = if case.scale { scale[j] as f64 } else { 1.0 };
-        16.0 * (k as f64).sqrt() * U * abs_sum(t, j) * s + 4.0 * U * (want[i].abs() as f64 + y0[i].abs() as f64) + 1e-30
+        bound(t, j) + 4.0 * U * y0[i].abs() as f64 + 1e-30
     });
 }
 
@@ -113,13 +137,62 @@ fn matmul_random_shapes_all_formats() {
                     let flags = seed % 4;
                     let x_pad = if window { 4 * (seed as usize % 2) } else { seed as usize % 5 };
                     check(
-                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window, rounding: Rounding::Absmax },
+                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window, rounding: Rounding::Absmax, gated: false },
                         seed,
                     );
                 }
             }
         }
     }
+}
+
+/// The rowwise shape's register tiles (1, 2 and 4 weight rows per
+/// invocation, picked by the output count), with partial tiles and groups.
+#[test]
+fn rowwise_register_tiles() {
+    let mut seed = 900;
+    for format in QuantFormat::ALL {
+        for &(m, n, k) in &[(1, 255, 64), (5, 300, 96), (1, 513, 100), (6, 700, 64), (9, 1031, 40)] {
+            for window in [false, true] {
+                seed += 1;
+                let case = Case { format, m, n, k, shape: MatmulShape::Rowwise, bias: true, scale: seed % 2 == 0, accumulate: seed % 3 == 0, block_limit: None, x_pad: 0, window, rounding: Rounding::Absmax, gated: false };
+                check(&case, seed);
+            }
+        }
+    }
+}
+
+/// The gated epilogue (the FFN's silu(w1·x) ⊙ w3·x in one matmul) in the two
+/// shapes that have it, every format, every rowwise tile size.
+#[test]
+fn matmul_gated_epilogue() {
+    let mut seed = 1100;
+    for format in QuantFormat::ALL {
+        for &(m, n, k) in &[(1, 7, 31), (1, 100, 64), (3, 300, 96), (1, 600, 100), (6, 520, 64)] {
+            for shape in [MatmulShape::Gemv, MatmulShape::Rowwise] {
+                seed += 1;
+                let case = Case { format, m, n, k, shape, bias: seed % 2 == 0, scale: seed % 3 != 0, accumulate: false, block_limit: None, x_pad: 0, window: seed % 2 == 1, rounding: Rounding::Absmax, gated: true };
+                check(&case, seed);
+            }
+        }
+    }
+}
+
+/// The gated epilogue is refused where it does not exist (the tiled GEMM) or
+/// cannot hold (accumulating, an odd row count).
+#[test]
+fn matmul_gated_refusals() {
+    let ctx = gpu();
+    let packed = PackedMatrix::pack_with(QuantFormat::Q4, 64, 64, &vec![0.5; 64 * 64], Rounding::Absmax, None);
+    let weight = GpuMatrix::upload(ctx, "w", &packed).unwrap();
+    let odd = GpuMatrix::upload(ctx, "w", &PackedMatrix::pack_with(QuantFormat::Q4, 63, 64, &vec![0.5; 63 * 64], Rounding::Absmax, None)).unwrap();
+    let x = ctx.upload("x", &vec![1.0f32; 64 * 16]);
+    let y = ctx.upload("y", &vec![0.0f32; 64 * 16]);
+    let args = |weight, accumulate| MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 16, weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 32, accumulate, gated: true };
+    assert!(matmul(ctx, &args(&weight, false), MatmulShape::Gemm).is_err(), "gemm has no gated epilogue");
+    assert!(matmul(ctx, &args(&weight, true), MatmulShape::Rowwise).is_err(), "gated does not accumulate");
+    assert!(matmul(ctx, &args(&odd, false), MatmulShape::Rowwise).is_err(), "gated needs an even row count");
+    assert!(matmul(ctx, &args(&weight, false), MatmulShape::Rowwise).is_ok());
 }
 
 /// The full-range and search roundings store negative scales and use the
@@ -132,7 +205,7 @@ fn matmul_full_range_and_search_rounding() {
             for &(m, n, k) in &[(1, 9, 33), (3, 70, 257), (12, 65, 96)] {
                 for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
                     seed += 1;
-                    check(&Case { format, m, n, k, shape, bias: true, scale: seed % 2 == 0, accumulate: false, block_limit: None, x_pad: 1, window: false, rounding }, seed);
+                    check(&Case { format, m, n, k, shape, bias: true, scale: seed % 2 == 0, accumulate: false, block_limit: None, x_pad: 1, window: false, rounding, gated: false }, seed);
                 }
             }
         }
@@ -144,12 +217,12 @@ fn gemm_many_rows_all_formats() {
     for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
         for shape in [MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false, rounding: Rounding::Absmax },
+                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false, rounding: Rounding::Absmax, gated: false },
                 100 + i as u64,
             );
         }
         check(
-            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax },
+            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false },
             200 + i as u64,
         );
     }
@@ -161,7 +234,7 @@ fn gemm_many_rows_all_formats() {
 fn rowwise_across_uniform_windows() {
     for format in [QuantFormat::Q4, QuantFormat::F32] {
         check(
-            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true, rounding: Rounding::Absmax },
+            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true, rounding: Rounding::Absmax, gated: false },
             400,
         );
     }
@@ -174,7 +247,7 @@ fn matmul_row_blocks_cover_the_output() {
     for format in QuantFormat::ALL {
         for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true, rounding: Rounding::Absmax },
+                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false },
                 300,
             );
         }
@@ -191,7 +264,7 @@ fn gemv_7b_shapes() {
         (QuantFormat::F16, 4096, 4096),
     ] {
         for shape in [MatmulShape::Gemv, MatmulShape::Rowwise] {
-            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax }, n as u64 + k as u64);
+            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false }, n as u64 + k as u64);
         }
     }
 }
@@ -202,7 +275,7 @@ fn gemv_7b_f32_splits_over_the_binding_limit() {
     let packed_bytes = QuantFormat::F32.bytes(11008, 4096);
     assert!(packed_bytes > 128 << 20);
     check(
-        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true, rounding: Rounding::Absmax },
+        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false },
         77,
     );
 }
@@ -214,7 +287,7 @@ fn matmul_rejects_mismatched_buffers() {
     let weight = GpuMatrix::upload(ctx, "w", &packed).unwrap();
     let x = ctx.upload("x", &vec![1f32; 32]); // too short for k = 64
     let y = ctx.storage("y", 8 * 4);
-    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 8, accumulate: false };
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 8, accumulate: false, gated: false };
     let err = matmul(ctx, &args, MatmulShape::Auto).err().expect("short x must be rejected");
     assert!(err.to_string().contains("matmul x"), "{err}");
 }

@@ -400,9 +400,9 @@ impl Model {
         if let Some((l1, l2)) = l.lora {
             // LoRA first: y (+)= s ⊙ ((x·L1ᵀ)·L2ᵀ), then the main product adds on top.
             let tmp = ctx.activations("lora", (m * l1.rows * 4) as u64);
-            let a1 = MatmulArgs { x, x_offset, x_stride: k, m, weight: l1, bias: None, scale: None, y: &tmp, y_offset: 0, y_stride: l1.rows, accumulate: false };
+            let a1 = MatmulArgs { x, x_offset, x_stride: k, m, weight: l1, bias: None, scale: None, y: &tmp, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false };
             d.extend(matmul(ctx, &a1, MatmulShape::Auto)?);
-            let a2 = MatmulArgs { x: &tmp, x_offset: 0, x_stride: l1.rows, m, weight: l2, bias: None, scale: l.scale, y, y_offset, y_stride: y_width, accumulate };
+            let a2 = MatmulArgs { x: &tmp, x_offset: 0, x_stride: l1.rows, m, weight: l2, bias: None, scale: l.scale, y, y_offset, y_stride: y_width, accumulate, gated: false };
             d.extend(matmul(ctx, &a2, MatmulShape::Auto)?);
             main_accumulates = true;
         }
@@ -418,6 +418,7 @@ impl Model {
             y_offset,
             y_stride: y_width,
             accumulate: main_accumulates,
+            gated: false,
         };
         d.extend(matmul(ctx, &args, MatmulShape::Auto)?);
         Ok(d)
