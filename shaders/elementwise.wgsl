@@ -2,12 +2,14 @@
 // per element; the grid is folded into 2-D (index = (wid.y * nwg.x + wid.x) * 256 + lid).
 //   add:        out = out + a              (residual add, in place)
 //   silu_gate:  out = silu(a) * b          (SwiGLU: a = W1·x, b = W3·x)
+//   silu_gate_halves: the same with a = [W1·x | W3·x] rows of 2·width:
+//               out[r, c] = silu(a[r, c]) * a[r, width + c]
 //   gelu:       out = gelu_erf(out)        (in place; exact erf form)
 //   quick_gelu: out = out * sigmoid(1.702 * out)  (in place; CLIP)
 
 struct Params {
     n: u32,
-    _pad0: u32,
+    width: u32,       // silu_gate_halves: outputs per row
     _pad1: u32,
     _pad2: u32,
 }
@@ -61,5 +63,15 @@ fn quick_gelu(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     if (i < params.n) {
         let v = out[i];
         out[i] = v / (1.0 + exp(-1.702 * v));
+    }
+}
+
+@compute @workgroup_size(256)
+fn silu_gate_halves(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i < params.n) {
+        let at = (i / params.width) * 2u * params.width + i % params.width;
+        let v = a[at];
+        out[i] = v / (1.0 + exp(-v)) * a[at + params.width];
     }
 }

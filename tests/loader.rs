@@ -173,7 +173,7 @@ fn swapping_the_adapter_keeps_the_base_and_matches_a_fresh_load() {
         &model.base.manifest_sha256,
     )
     .unwrap();
-    let mut upload = pollster::block_on(PackageUpload::allocate(&ctx, &plan.package, &llama_adapter_web::model::loader::adapter_host_names(&plan.config))).unwrap();
+    let mut upload = pollster::block_on(PackageUpload::allocate(&ctx, &plan.package, &llama_adapter_web::model::loader::adapter_host_names(&plan.config), &[])).unwrap();
     for (i, s) in plan.package.manifest.shards.iter().enumerate() {
         upload.write_shard(&ctx, i, &std::fs::read(bias.join("adapter").join(&s.file)).unwrap()).unwrap();
     }

@@ -78,3 +78,56 @@ pub fn rope(ctx: &GpuContext, table: &RopeTable, args: &RopeArgs) -> Result<Disp
     let pairs = args.rows * args.n_heads * d / 2;
     Ok(ctx.dispatch(&kernel, uniform, &[&table.buffer, args.data], grid_1d(to_u32(pairs.div_ceil(256), "grid")?)))
 }
+
+/// The decoder's fused q/k/v rows after their matmul: `rows` rows of
+/// [q | k | v] (each `n_heads·head_dim` wide) in `qkv`, row `t` at element
+/// `t·row_stride`, at absolute positions `start_pos ..`.
+pub struct QkvArgs<'a> {
+    pub qkv: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub n_heads: usize,
+    pub row_stride: usize,
+    pub start_pos: usize,
+    /// Key and value caches: rows of `n_heads·head_dim`, one per position.
+    pub cache_k: &'a wgpu::Buffer,
+    pub cache_v: &'a wgpu::Buffer,
+}
+
+/// Rotates q in place, writes rotated k and plain v into the caches' rows
+/// `start_pos ..` (one dispatch for what were two RoPEs and two cache writes).
+pub fn rope_qkv(ctx: &GpuContext, table: &RopeTable, args: &QkvArgs) -> Result<Dispatch, GpuError> {
+    let d = table.head_dim;
+    let width = args.n_heads * d;
+    if d % 2 != 0 {
+        return Err(GpuError::InvalidArgument(format!("rope_qkv: head_dim {d} is odd")));
+    }
+    if args.rows == 0 || args.row_stride < 3 * width {
+        return Err(GpuError::InvalidArgument(format!("rope_qkv: {} rows of stride {} for q|k|v of {width} each", args.rows, args.row_stride)));
+    }
+    if args.start_pos + args.rows > table.positions {
+        return Err(GpuError::InvalidArgument(format!(
+            "rope_qkv: positions {}..{} exceed the table's {} positions",
+            args.start_pos,
+            args.start_pos + args.rows,
+            table.positions
+        )));
+    }
+    require(args.qkv, ((args.rows - 1) * args.row_stride + 3 * width) as u64, "rope_qkv qkv")?;
+    require(args.cache_k, ((args.start_pos + args.rows) * width) as u64, "rope_qkv key cache")?;
+    require(args.cache_v, ((args.start_pos + args.rows) * width) as u64, "rope_qkv value cache")?;
+    let slots = [Slot::Uniform, Slot::Read, Slot::ReadWrite, Slot::ReadWrite, Slot::ReadWrite];
+    let kernel = ctx.kernel("rope", SOURCE, "rope_qkv", &slots, &[])?;
+    let params = Params {
+        rows: to_u32(args.rows, "rows")?,
+        n_heads: to_u32(args.n_heads, "n_heads")?,
+        head_dim: to_u32(d, "head_dim")?,
+        start_pos: to_u32(args.start_pos, "start_pos")?,
+        row_stride: to_u32(args.row_stride, "row_stride")?,
+        offset: 0,
+        table_len: to_u32(table.positions, "positions")?,
+        _pad: 0,
+    };
+    let uniform = ctx.uniform("rope_qkv params", &params);
+    let pairs = args.rows * width / 2;
+    Ok(ctx.dispatch(&kernel, uniform, &[&table.buffer, args.qkv, args.cache_k, args.cache_v], grid_1d(to_u32(pairs.div_ceil(256), "grid")?)))
+}

@@ -5,12 +5,12 @@
 //! h = embed(tokens)
 //! for each layer l:
 //!     xn = RMSNorm(h)·attention_norm
-//!     q = wq(xn); k, v = wk(xn), wv(xn) → KV cache rows [P, P+S)
-//!     RoPE(q), RoPE(k)                  (absolute positions P..P+S)
+//!     [q | k | v] = [wq; wk; wv](xn)     (one matmul where the loader fused them)
+//!     RoPE(q); RoPE(k), v → KV cache rows [P, P+S)   (one kernel, positions P..P+S)
 //!     a = softmax(qKᵀ/√d + mask)V + tanh(gate)·new_gate·softmax(qK_pᵀ/√d)V_p
 //!     h += wo(a)
 //!     xn = RMSNorm(h)·ffn_norm
-//!     h += w2(silu(w1(xn)) ⊙ w3(xn))
+//!     h += w2(silu(w1(xn)) ⊙ w3(xn))     (w1 | w3 and the gate in one matmul where fused)
 //! logits = output(RMSNorm(h)·norm)
 //! ```
 //!
@@ -22,18 +22,18 @@ use crate::kernels::attention::{decoder_attention, DecoderAttention, Prefix, Row
 use crate::kernels::elementwise;
 use crate::kernels::embedding::embedding;
 use crate::kernels::rmsnorm::rmsnorm_at;
-use crate::kernels::rope::{rope, RopeArgs};
+use crate::kernels::rope::{rope_qkv, QkvArgs};
 use crate::kernels::sampling;
 
 use super::config::Fusion;
 use super::vision::VisionOutput;
 use super::{Linear, Model, ModelError};
 
-/// The gated prefix of one layer for one image: keys and values
-/// [query_len, dim], computed once per image and reused every step.
+/// The gated prefix of one layer for one image: rows [q | k | v] of
+/// [query_len, 3·dim] (the q part unused), computed once per image and reused
+/// every step.
 pub struct LayerPrefix {
-    pub keys: wgpu::Buffer,
-    pub values: wgpu::Buffer,
+    pub qkv: wgpu::Buffer,
     /// The gate that multiplies it (raw, per head).
     gate: wgpu::Buffer,
 }
@@ -117,14 +117,11 @@ impl Model {
             } else {
                 encoder.copy_buffer_to_buffer(&vision.visual_tokens, 0, &input, 0, (q * dim * 4) as u64);
             }
-            let keys = ctx.activations("prefix k", (q * dim * 4) as u64);
-            let values = ctx.activations("prefix v", (q * dim * 4) as u64);
+            let qkv = ctx.activations("prefix qkv", (q * 3 * dim * 4) as u64);
             let layer = &self.decoder.layers[l];
-            for (linear, out) in [(&layer.wk, &keys), (&layer.wv, &values)] {
-                d.extend(self.linear(&linear.scaled_only(), &input, 0, q, out, dim, false)?);
-            }
+            d.extend(self.linear_group(&layer.qkv, &input, q, &qkv, false)?);
             let gate = layer.prefix_gate.clone().ok_or_else(|| ModelError::BadInput(format!("layer {l} has a prefix but no gate")))?;
-            layers.push(Some(LayerPrefix { keys, values, gate }));
+            layers.push(Some(LayerPrefix { qkv, gate }));
         }
         if submit {
             ctx.submit_encoder(encoder);
@@ -216,10 +213,10 @@ impl Model {
         let token_buf = ctx.upload("tokens", tokens);
         let h = ctx.activations("h", (s * dim * 4) as u64);
         let mut xn = ctx.activations("xn", (s * dim * 4) as u64);
-        let q = ctx.activations("q", (s * dim * 4) as u64);
+        let qkv = ctx.activations("qkv", (s * 3 * dim * 4) as u64);
         let mut att = ctx.activations("attn", (s * dim * 4) as u64);
-        let a1 = ctx.activations("w1", (s * f * 4) as u64);
-        let a3 = ctx.activations("w3", (s * f * 4) as u64);
+        // w1 | w3 outputs, where the gate is not in the matmul's epilogue.
+        let a13 = ctx.activations("w1|w3", (s * 2 * f * 4) as u64);
         let mut gated = ctx.activations("silu gate", (s * f * 4) as u64);
         let mut xn_ffn = xn.clone();
         let mut captured = Vec::new();
@@ -239,15 +236,13 @@ impl Model {
                 captured.push((vec![base_linear(l, "feed_forward.w2")], gated.clone(), f));
             }
             d.push(rmsnorm_at(ctx, &h, 0, &layer.attention_norm, &xn, 0, s, dim, cfg.norm_eps)?);
-            d.extend(self.linear(&layer.wq.view(), &xn, 0, s, &q, dim, false)?);
-            d.extend(self.linear_at(&layer.wk.view(), &xn, 0, s, &self.session.cache_k[l], start_pos * dim, dim, false)?);
-            d.extend(self.linear_at(&layer.wv.view(), &xn, 0, s, &self.session.cache_v[l], start_pos * dim, dim, false)?);
-            d.push(rope(ctx, &self.base.rope, &RopeArgs { data: &q, rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: 0, start_pos })?);
-            d.push(rope(ctx, &self.base.rope, &RopeArgs { data: &self.session.cache_k[l], rows: s, n_heads: cfg.n_heads, row_stride: dim, offset: start_pos * dim, start_pos })?);
+            d.extend(self.linear_group(&layer.qkv, &xn, s, &qkv, true)?);
+            let (cache_k, cache_v) = (&self.session.cache_k[l], &self.session.cache_v[l]);
+            d.push(rope_qkv(ctx, &self.base.rope, &QkvArgs { qkv: &qkv, rows: s, n_heads: cfg.n_heads, row_stride: 3 * dim, start_pos, cache_k, cache_v })?);
             let prefix = match &image.layers[l] {
                 Some(lp) => Some(Prefix {
-                    keys: Rows { buffer: &lp.keys, offset: 0, stride: dim },
-                    values: Rows { buffer: &lp.values, offset: 0, stride: dim },
+                    keys: Rows { buffer: &lp.qkv, offset: dim, stride: 3 * dim },
+                    values: Rows { buffer: &lp.qkv, offset: 2 * dim, stride: 3 * dim },
                     len: self.config.adapter.query_len,
                     gate: &lp.gate,
                     new_gate: layer.new_gate,
@@ -257,7 +252,7 @@ impl Model {
             d.push(decoder_attention(
                 ctx,
                 &DecoderAttention {
-                    q: Rows { buffer: &q, offset: 0, stride: dim },
+                    q: Rows { buffer: &qkv, offset: 0, stride: 3 * dim },
                     keys: Rows { buffer: &self.session.cache_k[l], offset: 0, stride: dim },
                     values: Rows { buffer: &self.session.cache_v[l], offset: 0, stride: dim },
                     prefix,
@@ -270,9 +265,7 @@ impl Model {
             )?);
             d.extend(self.linear(&layer.wo.view(), &att, 0, s, &h, dim, true)?);
             d.push(rmsnorm_at(ctx, &h, 0, &layer.ffn_norm, &xn_ffn, 0, s, dim, cfg.norm_eps)?);
-            d.extend(self.linear(&layer.w1.view(), &xn_ffn, 0, s, &a1, f, false)?);
-            d.extend(self.linear(&layer.w3.view(), &xn_ffn, 0, s, &a3, f, false)?);
-            d.push(elementwise::silu_gate(ctx, &a1, &a3, &gated, s * f)?);
+            d.extend(self.ffn_gate(&layer.w13, &xn_ffn, s, &gated, &a13)?);
             d.extend(self.linear(&layer.w2.view(), &gated, 0, s, &h, dim, true)?);
         }
         if rows == 0 || rows > s {

@@ -6,7 +6,9 @@
 use crate::kernels::matmul::GpuMatrix;
 
 use super::config::{Fusion, ModelConfig};
-use super::weights::{GpuWeights, BIASED};
+use crate::gpu::GpuContext;
+
+use super::weights::{GpuTensor, GpuWeights, BIASED};
 use super::{Linear, ModelError};
 
 /// The tensor names of the decoder, in one place.
@@ -21,6 +23,12 @@ pub mod names {
     pub fn adapter_layer(l: usize, what: &str) -> String {
         format!("llama.layers.{l}.{what}")
     }
+    /// Decoder linears stored as one matrix on the GPU: `layers.{l}.attention.wqkv`
+    /// ([wq; wk; wv]) and `layers.{l}.feed_forward.w13` ([w1; w3]). Not a
+    /// package name: the loader builds it from the members.
+    pub fn fused(l: usize, group: &str) -> String {
+        format!("layers.{l}.{group}")
+    }
     /// A LoRA half (`l1` or `l2`) of a decoder linear: `llama.layers.{l}.attention.lora_wq_l1.weight`.
     pub fn lora(l: usize, linear: &str, half: &str) -> String {
         let short = linear.rsplit('.').next().unwrap_or(linear);
@@ -28,6 +36,29 @@ pub mod names {
         format!("llama.layers.{l}.{group}.lora_{short}_{half}.weight")
     }
 }
+
+/// Base weights that read the same input and are stored, row after row, as
+/// one matrix on the GPU (one matmul dispatch instead of several).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedGroup {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// The base's fused groups: q/k/v and w1/w3 of every layer.
+pub fn base_fusions(n_layers: usize) -> Vec<FusedGroup> {
+    let mut groups = Vec::with_capacity(2 * n_layers);
+    for l in 0..n_layers {
+        for (group, members) in [("attention.wqkv", &ATTENTION_INPUT[..]), ("feed_forward.w13", &FFN_INPUT[..])] {
+            groups.push(FusedGroup { name: names::fused(l, group), members: members.iter().map(|m| names::base_linear(l, m)).collect() });
+        }
+    }
+    groups
+}
+
+/// The members of the two groups, in their row order.
+pub const ATTENTION_INPUT: [&str; 3] = ["attention.wq", "attention.wk", "attention.wv"];
+pub const FFN_INPUT: [&str; 2] = ["feed_forward.w1", "feed_forward.w3"];
 
 /// One decoder linear with its adapter parameters (bias, scale, LoRA).
 pub struct LinearWeights {
@@ -41,24 +72,54 @@ impl LinearWeights {
     pub fn view(&self) -> Linear<'_> {
         Linear { weight: &self.weight, bias: self.bias.as_ref(), scale: self.scale.as_ref(), lora: self.lora.as_ref().map(|(a, b)| (a, b)) }
     }
+}
 
-    /// The base weight with the adapter's scale only: what the prefix keys and
-    /// values go through (spec §2.3 step 5: no bias, no LoRA).
-    pub fn scaled_only(&self) -> Linear<'_> {
-        Linear { weight: &self.weight, bias: None, scale: self.scale.as_ref(), lora: None }
+/// A member's adapter parameters.
+pub struct AdapterParams {
+    pub bias: Option<wgpu::Buffer>,
+    pub scale: Option<wgpu::Buffer>,
+    pub lora: Option<(GpuMatrix, GpuMatrix)>,
+}
+
+/// How a group's base weights are stored.
+pub enum GroupWeights {
+    /// One matrix, the members' rows one after the other, with the members'
+    /// biases and scales concatenated the same way (zero bias, unit scale
+    /// for a member without).
+    Fused { weight: GpuMatrix, bias: Option<wgpu::Buffer>, scale: Option<wgpu::Buffer> },
+    /// Each member's own matrix (the loader could not fuse them).
+    Separate(Vec<GpuMatrix>),
+}
+
+/// Linears that read the same input and write side by side into one output
+/// row (q | k | v, w1 | w3): one matmul when their weights are fused.
+pub struct LinearGroup {
+    /// Output rows of each member (its slice of the group's output row).
+    pub member_rows: usize,
+    pub members: Vec<AdapterParams>,
+    pub weights: GroupWeights,
+}
+
+impl LinearGroup {
+    /// Output elements per input row (all members).
+    pub fn width(&self) -> usize {
+        self.member_rows * self.members.len()
+    }
+
+    pub fn has_lora(&self) -> bool {
+        self.members.iter().any(|m| m.lora.is_some())
     }
 }
 
 pub struct DecoderLayer {
     pub attention_norm: wgpu::Buffer,
     pub ffn_norm: wgpu::Buffer,
-    pub wq: LinearWeights,
-    pub wk: LinearWeights,
-    pub wv: LinearWeights,
+    /// wq | wk | wv: one output row is [q, k, v].
+    pub qkv: LinearGroup,
     pub wo: LinearWeights,
-    pub w1: LinearWeights,
+    /// w1 | w3: one output row is [w1·x, w3·x].
+    pub w13: LinearGroup,
     pub w2: LinearWeights,
-    pub w3: LinearWeights,
     /// The gate of this layer's prefix (raw, per head; the kernel applies
     /// tanh): `attention.gate` for the late layers' prompts,
     /// `attention.visual_gate` for early fusion's visual prefix.
@@ -74,27 +135,64 @@ pub struct DecoderWeights {
     pub layers: Vec<DecoderLayer>,
 }
 
+/// `parts` (each `len` f32, or absent: `fill`) one after the other in a new
+/// buffer, or None when every part is absent.
+fn concat_vectors(ctx: &GpuContext, label: &str, parts: &[Option<&wgpu::Buffer>], len: usize, fill: f32) -> Option<wgpu::Buffer> {
+    if parts.iter().all(Option::is_none) {
+        return None;
+    }
+    let bytes = (len * 4) as u64;
+    let out = ctx.storage(label, bytes * parts.len() as u64);
+    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    for (i, part) in parts.iter().enumerate() {
+        match part {
+            Some(b) => encoder.copy_buffer_to_buffer(b, 0, &out, i as u64 * bytes, bytes),
+            None if fill != 0.0 => ctx.queue.write_buffer(&out, i as u64 * bytes, bytemuck::cast_slice(&vec![fill; len])),
+            None => {}
+        }
+    }
+    ctx.submit_encoder(encoder);
+    Some(out)
+}
+
 impl DecoderWeights {
     /// Looks every decoder tensor up once (the loader has checked that the
     /// required ones exist; a missing one is still a typed error here).
-    pub fn resolve(config: &ModelConfig, base: &GpuWeights, adapter: &GpuWeights, new_gates: &[f32]) -> Result<DecoderWeights, ModelError> {
+    pub fn resolve(ctx: &GpuContext, config: &ModelConfig, base: &GpuWeights, adapter: &GpuWeights, new_gates: &[f32]) -> Result<DecoderWeights, ModelError> {
         let a = &config.adapter;
         let n = config.llama.n_layers;
         let first_late = n - a.query_layer;
-        let linear = |l: usize, name: &str| -> Result<LinearWeights, ModelError> {
+        let params = |l: usize, name: &str| -> Result<AdapterParams, ModelError> {
             let lora = if a.w_lora {
                 Some((adapter.matrix(&names::lora(l, name, "l1"))?.clone(), adapter.matrix(&names::lora(l, name, "l2"))?.clone()))
             } else {
                 None
             };
             let bias = if a.w_bias && BIASED.contains(&name) { Some(adapter.vector(&names::adapter_layer(l, &format!("{name}.bias")))?.clone()) } else { None };
-            Ok(LinearWeights {
-                weight: base.matrix(&names::base_linear(l, name))?.clone(),
-                bias,
-                scale: adapter.optional_vector(&names::adapter_layer(l, &format!("{name}.scale"))).cloned(),
-                lora,
-            })
+            Ok(AdapterParams { bias, scale: adapter.optional_vector(&names::adapter_layer(l, &format!("{name}.scale"))).cloned(), lora })
         };
+        let linear = |l: usize, name: &str| -> Result<LinearWeights, ModelError> {
+            let p = params(l, name)?;
+            Ok(LinearWeights { weight: base.matrix(&names::base_linear(l, name))?.clone(), bias: p.bias, scale: p.scale, lora: p.lora })
+        };
+        let group = |l: usize, group: &str, members: &[&str], member_rows: usize| -> Result<LinearGroup, ModelError> {
+            let members_params = members.iter().map(|m| params(l, m)).collect::<Result<Vec<_>, _>>()?;
+            let weights = match base.tensors.get(&names::fused(l, group)) {
+                Some(GpuTensor::Matrix(weight)) => {
+                    let label = names::fused(l, group);
+                    let biases: Vec<_> = members_params.iter().map(|p| p.bias.as_ref()).collect();
+                    let scales: Vec<_> = members_params.iter().map(|p| p.scale.as_ref()).collect();
+                    GroupWeights::Fused {
+                        weight: weight.clone(),
+                        bias: concat_vectors(ctx, &format!("{label}.bias"), &biases, member_rows, 0.0),
+                        scale: concat_vectors(ctx, &format!("{label}.scale"), &scales, member_rows, 1.0),
+                    }
+                }
+                _ => GroupWeights::Separate(members.iter().map(|m| base.matrix(&names::base_linear(l, m)).cloned()).collect::<Result<_, _>>()?),
+            };
+            Ok(LinearGroup { member_rows, members: members_params, weights })
+        };
+        let (dim, ffn) = (config.llama.dim, config.llama.ffn_hidden);
         let mut layers = Vec::with_capacity(n);
         for l in 0..n {
             let prefix_gate = if l >= first_late {
@@ -107,13 +205,10 @@ impl DecoderWeights {
             layers.push(DecoderLayer {
                 attention_norm: adapter.vector(&names::adapter_layer(l, "attention_norm.weight"))?.clone(),
                 ffn_norm: adapter.vector(&names::adapter_layer(l, "ffn_norm.weight"))?.clone(),
-                wq: linear(l, "attention.wq")?,
-                wk: linear(l, "attention.wk")?,
-                wv: linear(l, "attention.wv")?,
+                qkv: group(l, "attention.wqkv", &ATTENTION_INPUT, dim)?,
                 wo: linear(l, "attention.wo")?,
-                w1: linear(l, "feed_forward.w1")?,
+                w13: group(l, "feed_forward.w13", &FFN_INPUT, ffn)?,
                 w2: linear(l, "feed_forward.w2")?,
-                w3: linear(l, "feed_forward.w3")?,
                 prefix_gate,
                 new_gate: new_gates.get(l).copied().unwrap_or(1.0),
             });

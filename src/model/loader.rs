@@ -24,6 +24,7 @@ use crate::gpu::{GpuContext, GpuError, GpuInfo};
 use crate::kernels::matmul::{GpuBlock, GpuMatrix};
 
 use super::config::{AdapterConfig, ClipConfig, LlamaConfig, ModelConfig};
+use super::layers::FusedGroup;
 use super::weights::{adapter_specs, base_specs, required_gate_layers, GpuTensor, GpuWeights};
 
 // The bounds on what a manifest may ask for, with their reasons: src/limits.rs.
@@ -283,20 +284,56 @@ pub struct PackageUpload {
 
 impl PackageUpload {
     /// Creates a zeroed buffer for every tensor piece. `host_names`: tensors
-    /// to keep a dequantised host copy of as they stream past.
-    pub async fn allocate(ctx: &GpuContext, plan: &PackagePlan, host_names: &HashSet<String>) -> Result<PackageUpload, GpuError> {
+    /// to keep a dequantised host copy of as they stream past. `fusions`:
+    /// groups of matrices to store as one (see [`fusable`]); a group that
+    /// cannot be fused is stored as its members.
+    pub async fn allocate(ctx: &GpuContext, plan: &PackagePlan, host_names: &HashSet<String>, fusions: &[FusedGroup]) -> Result<PackageUpload, GpuError> {
         ctx.check()?;
         let manifest = &plan.manifest;
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut targets: Vec<Vec<Target>> = manifest.shards.iter().map(|_| Vec::new()).collect();
         let mut tensors = HashMap::new();
         let mut bytes = 0;
+        // Member name -> (its group's buffer, the group's rows, the member's first row).
+        let mut fused_rows: HashMap<&str, (wgpu::Buffer, usize, usize)> = HashMap::new();
+        for group in fusions {
+            let Some((format, rows, cols)) = fusable(ctx, manifest, group) else { continue };
+            let buffer = ctx.storage(&group.name, format.bytes(rows, cols));
+            bytes += buffer.size();
+            let mut row0 = 0;
+            for member in &group.members {
+                let t = manifest.tensors.iter().find(|t| &t.name == member).expect("fusable checked the members");
+                fused_rows.insert(member, (buffer.clone(), rows, row0));
+                row0 += t.rows();
+            }
+            tensors.insert(group.name.clone(), GpuTensor::Matrix(GpuMatrix { format, rows, cols, blocks: vec![GpuBlock { buffer, row_start: 0, rows }] }));
+        }
         for t in &manifest.tensors {
             // validate_structure has checked the format names.
             let format = t.quant().ok_or_else(|| GpuError::InvalidArgument(format!("tensor {}: format {}", t.name, t.format)))?;
             let host = host_names.contains(&t.name);
             if t.shape.len() == 1 && format != QuantFormat::F32 {
                 return Err(GpuError::InvalidArgument(format!("tensor {}: vectors must be stored as f32", t.name)));
+            }
+            if let Some((buffer, group_rows, row0)) = fused_rows.get(t.name.as_str()) {
+                // Each piece holds its rows' quants, then their scales: the
+                // quants go after the group's earlier rows, the scales after
+                // the group's earlier scales.
+                let row_bytes = (format.row_words(t.cols()) * 4) as u64;
+                let scale_region = *group_rows as u64 * row_bytes;
+                for p in &t.pieces {
+                    let first = (row0 + p.row_start) as u64;
+                    let quant_bytes = p.rows as u64 * row_bytes;
+                    let mut place = |start: u64, len: u64, dst: u64| {
+                        targets[p.shard].push(Target { tensor: t.name.clone(), buffer: buffer.clone(), start: start as usize, len: len as usize, dst, host: None });
+                    };
+                    place(p.offset, quant_bytes, first * row_bytes);
+                    if p.length > quant_bytes {
+                        // f16 scales, two per word; fusable checked that every piece starts and ends on a word.
+                        place(p.offset + quant_bytes, p.length - quant_bytes, scale_region + first * format.groups(t.cols()) as u64 * 2);
+                    }
+                }
+                continue;
             }
             let mut blocks = Vec::new();
             // f32 rows have a fixed size, so a tensor cut into pieces (small
@@ -390,6 +427,33 @@ impl PackageUpload {
         }
         Ok((GpuWeights { tensors: self.tensors, bytes: self.bytes }, self.host))
     }
+}
+
+/// Whether `group` can be stored as one matrix: every member present as a
+/// matrix in one format and width, the whole within one storage binding,
+/// and (q8 / q4) every piece's scales starting and ending on a 4-byte word,
+/// so that no two pieces write the same word. Returns (format, rows, cols).
+pub fn fusable(ctx: &GpuContext, manifest: &Manifest, group: &FusedGroup) -> Option<(QuantFormat, usize, usize)> {
+    let members: Vec<_> = group.members.iter().map(|m| manifest.tensors.iter().find(|t| &t.name == m)).collect::<Option<_>>()?;
+    let first = members.first()?;
+    let (format, cols) = (first.quant()?, first.cols());
+    let mut rows = 0;
+    for t in &members {
+        if t.shape.len() != 2 || t.quant() != Some(format) || t.cols() != cols {
+            return None;
+        }
+        for p in &t.pieces {
+            let (start, end) = ((rows + p.row_start) * format.groups(cols), (rows + p.row_start + p.rows) * format.groups(cols));
+            if start % 2 != 0 || end % 2 != 0 || p.length != format.bytes(p.rows, cols) {
+                return None;
+            }
+        }
+        if t.pieces.iter().map(|p| p.rows).sum::<usize>() != t.rows() {
+            return None;
+        }
+        rows += t.rows();
+    }
+    (format.bytes(rows, cols) <= ctx.info.max_storage_binding).then_some((format, rows, cols))
 }
 
 /// Loading failed: a bad package, a model too large for the device, or the GPU.

@@ -20,12 +20,13 @@ use std::rc::Rc;
 
 use crate::format::package::{FormatError, PackageKind};
 use crate::gpu::{Dispatch, GpuContext, GpuError};
-use crate::kernels::matmul::{matmul, GpuMatrix, MatmulArgs, MatmulShape};
+use crate::kernels::matmul::{gated_supported, matmul, GpuMatrix, MatmulArgs, MatmulShape};
 use crate::kernels::rope::RopeTable;
 use crate::text::tokenizer::{Tokenizer, TokenizerError};
 
 use config::{AdapterConfig, ClipConfig, LlamaConfig, ModelConfig};
 use loader::{adapter_host_names, base_host_names, fit, verify_tokenizer, AdapterPlan, BasePlan, LoadError, PackagePlan, PackageUpload};
+use layers::{GroupWeights, LinearGroup};
 use weights::{GpuWeights, ModelLoadError};
 
 /// Everything that can go wrong running the model.
@@ -230,8 +231,14 @@ impl ShardSource for MemorySource {
 }
 
 /// Streams every shard of `plan` from `source` into a fresh upload.
-async fn stream_package(ctx: &GpuContext, plan: &PackagePlan, host: &std::collections::HashSet<String>, source: &mut dyn ShardSource) -> Result<PackageUpload, ModelError> {
-    let mut upload = PackageUpload::allocate(ctx, plan, host).await?;
+async fn stream_package(
+    ctx: &GpuContext,
+    plan: &PackagePlan,
+    host: &std::collections::HashSet<String>,
+    fusions: &[layers::FusedGroup],
+    source: &mut dyn ShardSource,
+) -> Result<PackageUpload, ModelError> {
+    let mut upload = PackageUpload::allocate(ctx, plan, host, fusions).await?;
     for (i, entry) in plan.manifest.shards.iter().enumerate() {
         let bytes = source.shard(i, entry)?;
         upload.write_shard(ctx, i, &bytes)?;
@@ -291,7 +298,7 @@ impl Model {
             Some(s) => s,
             None => Rc::new(Session::new(&ctx, &base.llama)),
         };
-        let decoder = layers::DecoderWeights::resolve(&config, &base.weights, &adapter.weights, &adapter.new_gates)?;
+        let decoder = layers::DecoderWeights::resolve(&ctx, &config, &base.weights, &adapter.weights, &adapter.new_gates)?;
         ctx.check()?;
         Ok(Model {
             decoder,
@@ -322,9 +329,9 @@ impl Model {
         let base_plan = BasePlan::new(PackagePlan::parse(base_manifest.0, base_manifest.1, PackageKind::Base)?)?;
         let adapter_plan = AdapterPlan::new(PackagePlan::parse(adapter_manifest.0, adapter_manifest.1, PackageKind::Adapter)?, &base_plan)?;
         fit(&adapter_plan.config, &[&base_plan.package, &adapter_plan.package], &ctx.info, None).map_err(LoadError::from)?;
-        let base_upload = stream_package(&ctx, &base_plan.package, &base_host_names(), base_shards).await?;
+        let base_upload = stream_package(&ctx, &base_plan.package, &base_host_names(), &layers::base_fusions(base_plan.llama.n_layers), base_shards).await?;
         let base = Rc::new(BaseModel::new(&ctx, &base_plan, base_upload, tokenizer_json)?);
-        let adapter_upload = stream_package(&ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), adapter_shards).await?;
+        let adapter_upload = stream_package(&ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), &[], adapter_shards).await?;
         let adapter = Rc::new(AdapterModel::new(&adapter_plan, adapter_upload)?);
         Model::assemble(ctx, base, adapter, None)
     }
@@ -398,12 +405,8 @@ impl Model {
         let mut d = Vec::new();
         let mut main_accumulates = accumulate;
         if let Some((l1, l2)) = l.lora {
-            // LoRA first: y (+)= s ⊙ ((x·L1ᵀ)·L2ᵀ), then the main product adds on top.
-            let tmp = ctx.activations("lora", (m * l1.rows * 4) as u64);
-            let a1 = MatmulArgs { x, x_offset, x_stride: k, m, weight: l1, bias: None, scale: None, y: &tmp, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false };
-            d.extend(matmul(ctx, &a1, MatmulShape::Auto)?);
-            let a2 = MatmulArgs { x: &tmp, x_offset: 0, x_stride: l1.rows, m, weight: l2, bias: None, scale: l.scale, y, y_offset, y_stride: y_width, accumulate, gated: false };
-            d.extend(matmul(ctx, &a2, MatmulShape::Auto)?);
+            // LoRA first, then the main product adds on top.
+            d.extend(self.lora_into((l1, l2), l.scale, x, x_offset, m, y, y_offset, y_width, accumulate)?);
             main_accumulates = true;
         }
         let args = MatmulArgs {
@@ -421,6 +424,108 @@ impl Model {
             gated: false,
         };
         d.extend(matmul(ctx, &args, MatmulShape::Auto)?);
+        Ok(d)
+    }
+
+    /// Dispatches of `y[y_offset..] (+)= s ⊙ ((x·L1ᵀ)·L2ᵀ)`: a LoRA path, through a temporary.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_into(
+        &self,
+        (l1, l2): (&GpuMatrix, &GpuMatrix),
+        scale: Option<&wgpu::Buffer>,
+        x: &wgpu::Buffer,
+        x_offset: usize,
+        m: usize,
+        y: &wgpu::Buffer,
+        y_offset: usize,
+        y_width: usize,
+        accumulate: bool,
+    ) -> Result<Vec<Dispatch>, ModelError> {
+        let ctx = &self.ctx;
+        let tmp = ctx.activations("lora", (m * l1.rows * 4) as u64);
+        let a1 = MatmulArgs { x, x_offset, x_stride: l1.cols, m, weight: l1, bias: None, scale: None, y: &tmp, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false };
+        let a2 = MatmulArgs { x: &tmp, x_offset: 0, x_stride: l1.rows, m, weight: l2, bias: None, scale, y, y_offset, y_stride: y_width, accumulate, gated: false };
+        let mut d = matmul(ctx, &a1, MatmulShape::Auto)?;
+        d.extend(matmul(ctx, &a2, MatmulShape::Auto)?);
+        Ok(d)
+    }
+
+    /// Dispatches of `y[t, :] = group(x[t, :])` for `m` rows of x: member
+    /// i's outputs at columns `i·member_rows ..` of y rows `group.width()`
+    /// wide. One matmul where the weights are fused (a member's LoRA writes
+    /// its slice first and the fused product adds on top). Without
+    /// `adapted`, members get their scale only: no bias, no LoRA (the prefix
+    /// keys and values, spec §2.3 step 5).
+    pub(crate) fn linear_group(&self, g: &LinearGroup, x: &wgpu::Buffer, m: usize, y: &wgpu::Buffer, adapted: bool) -> Result<Vec<Dispatch>, ModelError> {
+        let width = g.width();
+        let mut d = Vec::new();
+        match &g.weights {
+            GroupWeights::Fused { weight, bias, scale } => {
+                let mut lora_written = false;
+                for (i, p) in g.members.iter().enumerate() {
+                    if let (true, Some((l1, l2))) = (adapted, &p.lora) {
+                        d.extend(self.lora_into((l1, l2), p.scale.as_ref(), x, 0, m, y, i * g.member_rows, width, false)?);
+                        lora_written = true;
+                    }
+                }
+                if lora_written && g.members.iter().any(|p| p.lora.is_none()) {
+                    return Err(ModelError::BadInput("LoRA on only some members of a fused group".into()));
+                }
+                let args = MatmulArgs {
+                    x,
+                    x_offset: 0,
+                    x_stride: weight.cols,
+                    m,
+                    weight,
+                    bias: if adapted { bias.as_ref() } else { None },
+                    scale: scale.as_ref(),
+                    y,
+                    y_offset: 0,
+                    y_stride: width,
+                    accumulate: lora_written,
+                    gated: false,
+                };
+                d.extend(matmul(&self.ctx, &args, MatmulShape::Auto)?);
+            }
+            GroupWeights::Separate(weights) => {
+                for (i, (weight, p)) in weights.iter().zip(&g.members).enumerate() {
+                    let l = Linear {
+                        weight,
+                        bias: if adapted { p.bias.as_ref() } else { None },
+                        scale: p.scale.as_ref(),
+                        lora: if adapted { p.lora.as_ref().map(|(a, b)| (a, b)) } else { None },
+                    };
+                    d.extend(self.linear_at(&l, x, 0, m, y, i * g.member_rows, width, false)?);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Dispatches of the FFN's gate, `gated[t, :] = silu(w1·x) ⊙ (w3·x)`: one
+    /// gated matmul where w1 | w3 are fused, carry no LoRA and the kernel
+    /// shape has the epilogue; else the group into `scratch` ([m, 2·ffn])
+    /// and a SiLU-gate over its halves.
+    pub(crate) fn ffn_gate(&self, g: &LinearGroup, x: &wgpu::Buffer, m: usize, gated: &wgpu::Buffer, scratch: &wgpu::Buffer) -> Result<Vec<Dispatch>, ModelError> {
+        if let (GroupWeights::Fused { weight, bias, scale }, false, true) = (&g.weights, g.has_lora(), gated_supported(&self.ctx, m)) {
+            let args = MatmulArgs {
+                x,
+                x_offset: 0,
+                x_stride: weight.cols,
+                m,
+                weight,
+                bias: bias.as_ref(),
+                scale: scale.as_ref(),
+                y: gated,
+                y_offset: 0,
+                y_stride: g.member_rows,
+                accumulate: false,
+                gated: true,
+            };
+            return Ok(matmul(&self.ctx, &args, MatmulShape::Auto)?);
+        }
+        let mut d = self.linear_group(g, x, m, scratch, true)?;
+        d.push(crate::kernels::elementwise::silu_gate_halves(&self.ctx, scratch, m, g.member_rows, gated)?);
         Ok(d)
     }
 

@@ -406,14 +406,14 @@ impl Engine {
             let (base_plan, adapter_plan) = {
                 let state = inner.state.borrow();
                 let p = state.pending.as_ref().ok_or_else(|| js_error("bad-input", "allocate before beginLoad"))?;
-                (p.base_plan.as_ref().map(|b| b.package.clone()), p.adapter_plan.clone())
+                (p.base_plan.as_ref().map(|b| (b.package.clone(), crate::model::layers::base_fusions(b.llama.n_layers))), p.adapter_plan.clone())
             };
             let ctx = &inner.ctx;
             let base_upload = match &base_plan {
-                Some(b) => Some(PackageUpload::allocate(ctx, b, &base_host_names()).await.map_err(|e| inner.fail(&e.into()))?),
+                Some((b, fusions)) => Some(PackageUpload::allocate(ctx, b, &base_host_names(), fusions).await.map_err(|e| inner.fail(&e.into()))?),
                 None => None,
             };
-            let adapter_upload = PackageUpload::allocate(ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config)).await.map_err(|e| inner.fail(&e.into()))?;
+            let adapter_upload = PackageUpload::allocate(ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), &[]).await.map_err(|e| inner.fail(&e.into()))?;
             let mut state = inner.state.borrow_mut();
             let p = state.pending.as_mut().ok_or_else(|| js_error("aborted", "the load was cancelled"))?;
             p.base_upload = base_upload;
