@@ -22,6 +22,12 @@ pub fn gpu() -> &'static GpuContext {
     CTX.with(|c| *c)
 }
 
+/// A fresh context that picks a real GPU's matmul shapes (GEMV, GEMM) even
+/// on a CPU-backed adapter.
+pub fn gpu_with_gpu_kernel_shapes() -> GpuContext {
+    GpuContext::new_blocking(GpuOptions { gpu_kernel_shapes: true, ..GpuOptions::from_env() }).expect("a GPU adapter")
+}
+
 /// A fresh context of its own (for APIs that take ownership).
 pub fn gpu_shared() -> GpuContext {
     open_gpu()

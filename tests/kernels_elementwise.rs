@@ -54,6 +54,22 @@ fn activations_match_reference() {
     }
 }
 
+/// The SwiGLU gate over the halves of fused [w1 | w3] rows: the same
+/// arithmetic as `silu_gate`, so the same tolerance, plus exact addressing.
+#[test]
+fn silu_gate_over_fused_halves_matches_reference() {
+    let ctx = gpu();
+    for &(rows, width) in &[(1usize, 1usize), (3, 255), (128, 1376), (2, 11008)] {
+        let (a, b) = inputs(rows * width, (rows * width) as u64 + 3);
+        // Row r of the fused output: [a row r | b row r].
+        let fused: Vec<f32> = (0..rows).flat_map(|r| a[r * width..(r + 1) * width].iter().chain(&b[r * width..(r + 1) * width]).copied().collect::<Vec<_>>()).collect();
+        let out = ctx.storage("out", (rows * width * 4) as u64);
+        run(ctx, &[elementwise::silu_gate_halves(ctx, &ctx.upload("a|b", &fused), rows, width, &out).unwrap()]);
+        let want = reference::elementwise::silu_gate(&a, &b);
+        assert_close(&format!("silu_gate_halves {rows}x{width}"), &read_f32(ctx, &out, rows * width), &want, |i| 8.0 * U * (4.0 + 2.0 * a[i].abs() as f64) * want[i].abs() as f64 + 1e-30);
+    }
+}
+
 #[test]
 fn gelu_reference_erf_is_accurate() {
     // The reference's erf against known values (to 1e-15).

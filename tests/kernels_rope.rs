@@ -8,7 +8,7 @@
 mod common;
 
 use common::{assert_close, gpu, read_f32, run};
-use llama_adapter_web::kernels::rope::{rope, RopeArgs, RopeTable};
+use llama_adapter_web::kernels::rope::{rope, rope_qkv, QkvArgs, RopeArgs, RopeTable};
 use llama_adapter_web::reference;
 use llama_adapter_web::util::Rng;
 
@@ -46,6 +46,47 @@ fn rope_matches_reference() {
             4.0 * U * (data[pair].abs() + data[pair + 1].abs()) as f64 + 1e-30
         };
         assert_close(&format!("rope rows={rows} d={head_dim} pos={start_pos}"), &got, &want, tol);
+    }
+}
+
+/// The fused q|k|v RoPE: q rotated in place, k rotated into the key cache
+/// rows start_pos.., v copied into the value cache; every other cache row is
+/// left alone. Same tolerance as `rope` (v is copied exactly).
+#[test]
+fn rope_qkv_rotates_q_and_writes_the_cache_rows() {
+    let ctx = gpu();
+    for &(rows, n_heads, head_dim, start_pos) in &[(1usize, 1usize, 2usize, 0usize), (1, 8, 64, 136), (5, 3, 8, 7), (128, 4, 64, 0), (1, 32, 128, 1023)] {
+        let table = RopeTable::new(ctx, 1024, head_dim, 10000.0);
+        let width = n_heads * head_dim;
+        let stride = 3 * width;
+        let mut rng = Rng::new((rows * 31 + head_dim + start_pos) as u64);
+        let qkv: Vec<f32> = rng.vec_normal(rows * stride, 1.0);
+        let positions = 1024;
+        let cache_k0: Vec<f32> = rng.vec_normal(positions * width, 1.0);
+        let cache_v0: Vec<f32> = rng.vec_normal(positions * width, 1.0);
+        let (qkv_gpu, k_gpu, v_gpu) = (ctx.upload("qkv", &qkv), ctx.upload("k", &cache_k0), ctx.upload("v", &cache_v0));
+        let args = QkvArgs { qkv: &qkv_gpu, rows, n_heads, row_stride: stride, start_pos, cache_k: &k_gpu, cache_v: &v_gpu };
+        run(ctx, &[rope_qkv(ctx, &table, &args).unwrap()]);
+
+        let part = |t: usize, which: usize| qkv[t * stride + which * width..t * stride + (which + 1) * width].to_vec();
+        let mut q: Vec<f32> = (0..rows).flat_map(|t| part(t, 0)).collect();
+        let mut k: Vec<f32> = (0..rows).flat_map(|t| part(t, 1)).collect();
+        reference::rope::rope(&mut q, n_heads, head_dim, start_pos, 10000.0);
+        reference::rope::rope(&mut k, n_heads, head_dim, start_pos, 10000.0);
+        let mut want_qkv = qkv.clone();
+        let (mut want_k, mut want_v) = (cache_k0.clone(), cache_v0.clone());
+        for t in 0..rows {
+            want_qkv[t * stride..t * stride + width].copy_from_slice(&q[t * width..(t + 1) * width]);
+            want_k[(start_pos + t) * width..(start_pos + t + 1) * width].copy_from_slice(&k[t * width..(t + 1) * width]);
+            want_v[(start_pos + t) * width..(start_pos + t + 1) * width].copy_from_slice(&part(t, 2));
+        }
+        let what = format!("rope_qkv rows={rows} heads={n_heads} d={head_dim} pos={start_pos}");
+        // A rotated pair's tolerance comes from its input pair.
+        let pair_tol = |src: &[f32], at: usize| 4.0 * U * (src[at - at % 2].abs() + src[at - at % 2 + 1].abs()) as f64 + 1e-30;
+        assert_close(&format!("{what} q"), &read_f32(ctx, &qkv_gpu, rows * stride), &want_qkv, |i| pair_tol(&qkv, i));
+        let k_src: Vec<f32> = (0..positions).flat_map(|p| if p >= start_pos && p < start_pos + rows { part(p - start_pos, 1) } else { vec![0.0; width] }).collect();
+        assert_close(&format!("{what} k cache"), &read_f32(ctx, &k_gpu, positions * width), &want_k, |i| pair_tol(&k_src, i));
+        assert_eq!(read_f32(ctx, &v_gpu, positions * width), want_v, "{what}: v cache");
     }
 }
 

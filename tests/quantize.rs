@@ -154,3 +154,49 @@ fn forced_decoding_reproduces_greedy_steps() {
     assert!(pollster::block_on(model.continuation_logits(&prefixes, &ids, &[])).is_err());
     let _ = std::fs::remove_dir_all(src);
 }
+
+/// The loader fuses q|k|v and w1|w3 only where the members share a format;
+/// a base whose wk and w3 stay f16 while the rest is f32 holds the same
+/// values as the all-f32 base (f16 -> f32 is exact) but runs every member
+/// as its own matmul. Both must compute the same thing: the fused matmul
+/// (with the LoRA halves writing into its slices) and the separate ones,
+/// on the CPU adapter's shapes and on a real GPU's. Tolerance: the same
+/// products summed by the same kernels, in row tiles of another size;
+/// measured 0 here, allowed 1e-5 relative to the largest logit.
+#[test]
+fn fused_and_separate_members_compute_the_same() {
+    let src = converted_f16("fuse-src");
+    let fused_dir = tmp("fused");
+    let separate_dir = tmp("separate");
+    let all_f32 = QuantizeOptions { to: QuantFormat::F32, ..Default::default() };
+    quantize_packages(Some(&src.join("base")), &[src.join("adapter")], &fused_dir, &all_f32).unwrap();
+    let split = QuantizeOptions {
+        overrides: vec![FormatOverride::parse("layers.*.attention.wk.weight=f16").unwrap(), FormatOverride::parse("layers.*.feed_forward.w3.weight=f16").unwrap()],
+        ..all_f32
+    };
+    quantize_packages(Some(&src.join("base")), &[src.join("adapter")], &separate_dir, &split).unwrap();
+
+    for gpu_shapes in [false, true] {
+        let logits = |dir: &Path, fused: bool| -> Vec<f32> {
+            let ctx = if gpu_shapes { common::gpu_with_gpu_kernel_shapes() } else { gpu_shared() };
+            let model = Model::load_dirs(Rc::new(ctx), &dir.join("base"), &dir.join("adapter")).unwrap();
+            for group in ["attention.wqkv", "feed_forward.w13"] {
+                assert_eq!(model.base.weights.tensors.contains_key(&format!("layers.0.{group}")), fused, "{}: {group}", dir.display());
+            }
+            let size = model.config.clip.image_size;
+            let prefixes = model.prepare_image(&model.encode_image(&vec![0.25; 3 * size * size]).unwrap()).unwrap();
+            let ids = model.base.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
+            let prompt = model.forward(&ids, 0, &prefixes, true).unwrap();
+            let mut all = model.read_f32(&prompt.logits, ids.len() * model.config.llama.vocab_size).unwrap();
+            // One decode step after the prompt (the one-row shapes).
+            let step = model.forward(&[5], ids.len(), &prefixes, false).unwrap();
+            all.extend(model.read_f32(&step.logits, model.config.llama.vocab_size).unwrap());
+            all
+        };
+        let (a, b) = (logits(&fused_dir, true), logits(&separate_dir, false));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!("gpu shapes {gpu_shapes}: fused vs separate logits differ by {diff:e} (largest {scale})");
+        assert!(diff <= 1e-5 * scale, "gpu shapes {gpu_shapes}: fused and separate differ by {diff} (largest logit {scale})");
+    }
+}

@@ -116,6 +116,10 @@ impl std::fmt::Display for GpuInfo {
 pub struct GpuOptions {
     /// Do not enable `shader-f16` even where the adapter has it (tests the f32 path).
     pub disable_f16: bool,
+    /// Pick the matmul shapes of a real GPU (GEMV, GEMM) even on a
+    /// CPU-backed adapter, which would take the rowwise shape: the tests run
+    /// the whole model through the kernels a real GPU takes.
+    pub gpu_kernel_shapes: bool,
 }
 
 impl GpuOptions {
@@ -124,7 +128,7 @@ impl GpuOptions {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let force = std::env::var("LLAMA_ADAPTER_FORCE_F32").map(|v| v == "1").unwrap_or(false);
-            GpuOptions { disable_f16: force }
+            GpuOptions { disable_f16: force, ..Default::default() }
         }
         #[cfg(target_arch = "wasm32")]
         GpuOptions::default()
@@ -222,6 +226,9 @@ pub struct GpuContext {
     dummy_window: wgpu::Buffer,
     /// Required alignment of a uniform binding's offset.
     pub uniform_offset_alignment: u64,
+    /// The adapter runs on the CPU (lavapipe, SwiftShader) and the options
+    /// did not ask for the GPU shapes: `MatmulShape::Auto` picks rowwise.
+    pub cpu_kernel_shapes: bool,
     counts: RefCell<ObjectCounts>,
 }
 
@@ -341,6 +348,7 @@ impl GpuContext {
             usage: wgpu::BufferUsages::UNIFORM,
             mapped_at_creation: false,
         });
+        let cpu_kernel_shapes = info.device_type == "Cpu" && !options.gpu_kernel_shapes;
         Ok(GpuContext {
             device,
             queue,
@@ -351,6 +359,7 @@ impl GpuContext {
             dummy,
             dummy_window,
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment as u64,
+            cpu_kernel_shapes,
             counts: RefCell::new(ObjectCounts::default()),
         })
     }

@@ -153,7 +153,7 @@ fn rowwise_rows(outputs: usize, gated: bool) -> usize {
 /// The shape `Auto` resolves to on this device.
 pub fn resolve_shape(ctx: &GpuContext, shape: MatmulShape, m: usize) -> MatmulShape {
     match shape {
-        MatmulShape::Auto if ctx.info.device_type == "Cpu" => MatmulShape::Rowwise,
+        MatmulShape::Auto if ctx.cpu_kernel_shapes => MatmulShape::Rowwise,
         MatmulShape::Auto if m >= GEMM_MIN_ROWS => MatmulShape::Gemm,
         MatmulShape::Auto => MatmulShape::Gemv,
         other => other,
