@@ -312,6 +312,8 @@ pub fn random_model(ctx: Rc<GpuContext>, shape: &BenchShape, seed: u64) -> Resul
 pub struct ModelFigures {
     pub adapter: String,
     pub build_s: f64,
+    /// Creating every pipeline a generation uses (as the browser's load does).
+    pub compile_s: f64,
     pub vision_ms: f64,
     pub prompt_tokens: usize,
     pub prefill_tokens_per_s: f64,
@@ -351,6 +353,11 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     let model = random_model(ctx.clone(), shape, 7)?;
     ctx.wait_idle()?;
     let build_s = t.elapsed().as_secs_f64();
+    // Compile up front, as a load does in the browser: the prefill below then
+    // times kernels, not shader compilation.
+    let t = Instant::now();
+    model.compile_pipelines()?;
+    let compile_s = t.elapsed().as_secs_f64();
     let cfg = model.config.clone();
     if prompt + new_tokens > cfg.llama.max_seq_len {
         return Err(ModelError::ContextOverflow { prompt, new: new_tokens, context: cfg.llama.max_seq_len });
@@ -409,6 +416,7 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     Ok(ModelFigures {
         adapter: ctx.info.name.clone(),
         build_s,
+        compile_s,
         vision_ms,
         prompt_tokens: prompt,
         prefill_tokens_per_s: prompt as f64 / prefill_s,

@@ -19,10 +19,17 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
 fi
 
 # The browser tests: Debian's Chromium (WebGPU on SwiftShader, headless) and Node.js.
-if ! [ -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1; then
-  echo "setup: installing chromium and nodejs"
+# (Each only where missing: Debian's nodejs/npm conflict with a Node.js that
+# came from elsewhere, and apt then refuses chromium too.)
+if ! [ -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium nodejs npm >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs and npm"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
 fi
 
 # wasm-bindgen's CLI must match the wasm-bindgen crate in Cargo.lock exactly.

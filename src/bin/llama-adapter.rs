@@ -664,6 +664,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("adapter: {}", f.adapter);
                 println!("model: dim {} × {} layers, {} heads, ffn {}, vocab {}, {}; CLIP {} × {} layers", shape.dim, shape.layers, shape.heads, shape.ffn, shape.vocab, shape.quant.name(), shape.clip_width, shape.clip_layers);
                 println!("build + upload            {:>10.2} s", f.build_s);
+                println!("compile pipelines         {:>10.2} s", f.compile_s);
                 println!("vision encoder            {:>10.1} ms", f.vision_ms);
                 println!("prefill ({:>4} tokens)     {:>10.2} tokens/s", f.prompt_tokens, f.prefill_tokens_per_s);
                 println!("decode ({:>4} tokens)      {:>10.2} tokens/s", f.new_tokens, f.decode_tokens_per_s);
