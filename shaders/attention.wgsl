@@ -1,5 +1,5 @@
 // Multi-head attention with an optional gated prefix, one workgroup per
-// (head, query row). Per head h and query row i:
+// (head, QUERIES query rows). Per head h and query row i:
 //
 //   out = softmax(q·Kᵀ·scale + mask)·V
 //       + tanh(gate[h]) · new_gate · softmax(q·K_pᵀ·scale)·V_p
@@ -14,7 +14,7 @@
 //
 // Keys are consumed in chunks of 128 (two per invocation) with an online
 // softmax (running max and sum, rescaled accumulators), so any context length
-// fits in 2 KiB of workgroup memory. Every load is a 16-byte vec4 (CPU-backed
+// fits in 7 KiB of workgroup memory. Every load is a 16-byte vec4 (CPU-backed
 // adapters pay per load instruction), so head_dim, offsets and strides are
 // multiples of 4 (the wrapper checks); head_dim <= 256, and invocation t owns
 // output dims 4t .. 4t+3.
@@ -55,9 +55,14 @@ const WG: u32 = 64u;
 const CHUNK: u32 = 128u;
 const NEG_BIG: f32 = -3.0e38;  // finite "minus infinity": exp(NEG_BIG - m) is 0, never NaN
 
-var<workgroup> q_sh: array<vec4<f32>, 64>;
-var<workgroup> p_sh: array<f32, 128>;
-var<workgroup> red: array<f32, 64>;
+// Query rows per workgroup: 1, or up to 4 for many rows (prefill, vision),
+// which then share every key and value load. Per-query values travel as the
+// components of a vec4 (component r: query row i0 + r).
+override QUERIES: u32 = 1u;
+
+var<workgroup> q_sh: array<vec4<f32>, 256>;   // [query r][dims 4e..4e+3] at r·64 + e
+var<workgroup> p_sh: array<vec4<f32>, 128>;   // [key in chunk] -> p per query
+var<workgroup> red: array<vec4<f32>, 64>;
 
 const SRC_CACHE: u32 = 0u;
 const SRC_PREFIX: u32 = 1u;
@@ -67,15 +72,25 @@ fn row4(offset: u32, stride: u32, j: u32, h: u32) -> u32 {
     return (offset + j * stride + h * params.head_dim) / 4u;
 }
 
-fn score(src: u32, j: u32, h: u32) -> f32 {
-    let d4 = params.head_dim / 4u;
-    var acc = 0.0;
+fn key4(src: u32, j: u32, h: u32, e: u32) -> vec4<f32> {
     if (src == SRC_CACHE) {
-        let base = row4(params.k_offset, params.kv_stride, j, h);
-        for (var e = 0u; e < d4; e++) { acc += dot(q_sh[e], keys[base + e]); }
-    } else {
-        let base = row4(params.pk_offset, params.p_stride, j, h);
-        for (var e = 0u; e < d4; e++) { acc += dot(q_sh[e], prefix_keys[base + e]); }
+        return keys[row4(params.k_offset, params.kv_stride, j, h) + e];
+    }
+    return prefix_keys[row4(params.pk_offset, params.p_stride, j, h) + e];
+}
+
+// q·k_j for each query of the workgroup (one key load serves them all).
+fn score(src: u32, j: u32, h: u32) -> vec4<f32> {
+    let d4 = params.head_dim / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var e = 0u; e < d4; e++) {
+        let k = key4(src, j, h, e);
+        acc.x += dot(q_sh[e], k);
+        if (QUERIES > 1u) {
+            acc.y += dot(q_sh[64u + e], k);
+            acc.z += dot(q_sh[128u + e], k);
+            acc.w += dot(q_sh[192u + e], k);
+        }
     }
     return acc * params.scale;
 }
@@ -87,7 +102,7 @@ fn value4(src: u32, j: u32, h: u32, e: u32) -> vec4<f32> {
     return prefix_values[row4(params.pv_offset, params.p_stride, j, h) + e];
 }
 
-fn reduce_max(lid: u32, v: f32) -> f32 {
+fn reduce_max(lid: u32, v: vec4<f32>) -> vec4<f32> {
     red[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -99,7 +114,7 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-fn reduce_sum(lid: u32, v: f32) -> f32 {
+fn reduce_sum(lid: u32, v: vec4<f32>) -> vec4<f32> {
     red[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -111,60 +126,96 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-// softmax(q·Kᵀ)·V over keys 0 .. n_keys of `src`; returns output dims
-// 4·lid .. 4·lid+3 of head h (zero for lid >= head_dim/4).
-fn attend(lid: u32, src: u32, n_keys: u32, h: u32) -> vec4<f32> {
+// Output dims 4·lid .. 4·lid+3 of head h for each query (zero for lid >= head_dim/4).
+struct Out4 {
+    o0: vec4<f32>,
+    o1: vec4<f32>,
+    o2: vec4<f32>,
+    o3: vec4<f32>,
+}
+
+// softmax(q·Kᵀ)·V over keys 0 .. n_keys[r] of `src` for each query r.
+fn attend(lid: u32, src: u32, n_keys: vec4<u32>, h: u32) -> Out4 {
     let d4 = params.head_dim / 4u;
-    var m_run = NEG_BIG;
-    var l_run = 0.0;
-    var o = vec4<f32>(0.0);
-    for (var base = 0u; base < n_keys; base += CHUNK) {
+    let most = max(max(n_keys.x, n_keys.y), max(n_keys.z, n_keys.w));
+    var m_run = vec4<f32>(NEG_BIG);
+    var l_run = vec4<f32>(0.0);
+    var o = Out4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var base = 0u; base < most; base += CHUNK) {
         let j0 = base + lid;
         let j1 = base + WG + lid;
-        var s0 = NEG_BIG;
-        var s1 = NEG_BIG;
-        if (j0 < n_keys) { s0 = score(src, j0, h); }
-        if (j1 < n_keys) { s1 = score(src, j1, h); }
+        let in0 = vec4<u32>(j0) < n_keys;
+        let in1 = vec4<u32>(j1) < n_keys;
+        var s0 = vec4<f32>(NEG_BIG);
+        var s1 = vec4<f32>(NEG_BIG);
+        if (j0 < most) { s0 = select(vec4<f32>(NEG_BIG), score(src, j0, h), in0); }
+        if (j1 < most) { s1 = select(vec4<f32>(NEG_BIG), score(src, j1, h), in1); }
         let m_new = max(m_run, reduce_max(lid, max(s0, s1)));
-        var p0 = 0.0;
-        var p1 = 0.0;
-        if (j0 < n_keys) { p0 = exp(s0 - m_new); }
-        if (j1 < n_keys) { p1 = exp(s1 - m_new); }
+        let p0 = select(vec4<f32>(0.0), exp(s0 - m_new), in0);
+        let p1 = select(vec4<f32>(0.0), exp(s1 - m_new), in1);
         p_sh[lid] = p0;
         p_sh[lid + WG] = p1;
         let chunk_sum = reduce_sum(lid, p0 + p1);  // its barriers also publish p_sh
         let corr = exp(m_run - m_new);
         l_run = l_run * corr + chunk_sum;
-        o = o * corr;
-        let count = min(CHUNK, n_keys - base);
+        o.o0 *= corr.x;
+        o.o1 *= corr.y;
+        o.o2 *= corr.z;
+        o.o3 *= corr.w;
+        let count = min(CHUNK, most - base);
         if (lid < d4) {
             for (var jj = 0u; jj < count; jj++) {
-                o += p_sh[jj] * value4(src, base + jj, h, lid);
+                let v = value4(src, base + jj, h, lid);
+                let p = p_sh[jj];
+                o.o0 += p.x * v;
+                if (QUERIES > 1u) {
+                    o.o1 += p.y * v;
+                    o.o2 += p.z * v;
+                    o.o3 += p.w * v;
+                }
             }
         }
         m_run = m_new;
         workgroupBarrier();  // p_sh is rewritten by the next chunk
     }
-    if (n_keys == 0u) { return vec4<f32>(0.0); }
-    return o / l_run;
+    // A query with no keys (n_keys 0) gets zeros.
+    let inv = select(vec4<f32>(0.0), 1.0 / l_run, l_run > vec4<f32>(0.0));
+    return Out4(o.o0 * inv.x, o.o1 * inv.y, o.o2 * inv.z, o.o3 * inv.w);
 }
 
 @compute @workgroup_size(64)
 fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h = wid.x;
-    let i = wid.y;
+    let i0 = wid.y * QUERIES;
     let d4 = params.head_dim / 4u;
-    let qb = row4(params.q_offset, params.q_stride, i, h);
-    if (lid < d4) { q_sh[lid] = q[qb + lid]; }
+    // Rows past the last query repeat it and are not stored.
+    var rows = vec4<u32>(i0);
+    if (QUERIES > 1u) { rows = min(vec4<u32>(i0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.n_queries - 1u)); }
+    if (lid < d4) {
+        for (var r = 0u; r < QUERIES; r++) {
+            q_sh[r * 64u + lid] = q[row4(params.q_offset, params.q_stride, rows[r], h) + lid];
+        }
+    }
     workgroupBarrier();
 
-    var n_keys = params.kv_len;
-    if (params.causal != 0u) { n_keys = min(n_keys, params.start_pos + i + 1u); }
+    var n_keys = vec4<u32>(params.kv_len);
+    if (QUERIES == 1u) { n_keys = vec4<u32>(params.kv_len, 0u, 0u, 0u); }
+    if (params.causal != 0u) { n_keys = min(n_keys, vec4<u32>(params.start_pos) + rows + vec4<u32>(1u)); }
     var o = attend(lid, SRC_CACHE, n_keys, h);
     if (params.prefix_len > 0u) {
         var g = params.new_gate;
         if (params.use_gate != 0u) { g = g * tanh(clamp(gate[h], -15.0, 15.0)); }
-        o += g * attend(lid, SRC_PREFIX, params.prefix_len, h);
+        var np = vec4<u32>(params.prefix_len);
+        if (QUERIES == 1u) { np = vec4<u32>(params.prefix_len, 0u, 0u, 0u); }
+        let p = attend(lid, SRC_PREFIX, np, h);
+        o = Out4(o.o0 + g * p.o0, o.o1 + g * p.o1, o.o2 + g * p.o2, o.o3 + g * p.o3);
     }
-    if (lid < d4) { out[row4(params.out_offset, params.out_stride, i, h) + lid] = o; }
+    if (lid < d4) {
+        let outs = array<vec4<f32>, 4>(o.o0, o.o1, o.o2, o.o3);
+        for (var r = 0u; r < QUERIES; r++) {
+            if (i0 + r < params.n_queries) {
+                out[row4(params.out_offset, params.out_stride, i0 + r, h) + lid] = outs[r];
+            }
+        }
+    }
 }

@@ -18,8 +18,11 @@ const SLOTS: [Slot; 8] = [
     Slot::ReadWrite,
 ];
 
-/// Largest head dimension the kernel handles (two output dims per invocation).
+/// Largest head dimension the kernel handles (four output dims per invocation).
 pub const MAX_HEAD_DIM: usize = 256;
+
+/// Query rows per workgroup when there are several (prefill, vision).
+pub const QUERIES_PER_WORKGROUP: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -138,7 +141,9 @@ fn build(
             (0, none, none, ctx.dummy(), 1.0)
         }
     };
-    let kernel = ctx.kernel("attention", SOURCE, "attention", &SLOTS, &[])?;
+    // Several query rows per workgroup share every key and value load.
+    let queries = if n_queries > 1 { QUERIES_PER_WORKGROUP } else { 1 };
+    let kernel = ctx.kernel("attention", SOURCE, "attention", &SLOTS, &[("QUERIES", queries as f64)])?;
     let params = Params {
         n_queries: to_u32(n_queries, "n_queries")?,
         n_heads: to_u32(n_heads, "n_heads")?,
@@ -165,7 +170,7 @@ fn build(
     Ok(ctx.dispatch(
         &kernel,
         uniform, &[q.buffer, keys.buffer, values.buffer, p_keys.buffer, p_values.buffer, gate, out.buffer],
-        [n_heads as u32, n_queries.max(1) as u32, 1],
+        [n_heads as u32, n_queries.max(1).div_ceil(queries) as u32, 1],
     ))
 }
 
