@@ -318,6 +318,14 @@ fn q4_lo(word: u32) -> vec4<f32> {
 fn q4_hi(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
 }
+// The same nibbles as stored (q + 8, 0 .. 15), converted as signed integers
+// (one instruction on CPU-backed adapters; unsigned conversion is several).
+fn q4_lo_biased(word: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)));
+}
+fn q4_hi_biased(word: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)));
+}
 fn q8_4(word: u32) -> vec4<f32> {
     // Move each byte to the top, then shift back arithmetically (sign-extends).
     return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
@@ -419,17 +427,26 @@ fn rowwise(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
             var w3 = vec4<u32>(0u);
             if (ROWWISE_ROWS > 1u) { w1 = load_unit(r1, c, 0u, true); }
             if (ROWWISE_ROWS > 2u) { w2 = load_unit(r2, c, 0u, true); w3 = load_unit(r3, c, 0u, true); }
+            // The nibbles hold q + 8: sum (q + 8)·x here and take 8·Σx off
+            // once per group (Σx is shared by every row of the tile).
+            var x_sum = vec4<f32>(0.0);
             for (var i = 0u; i < 4u; i++) {
                 // One x tile feeds every row of the tile.
                 let xl = x_tile(t0, t_last, c * QGROUP + 8u * i);
                 let xh = x_tile(t0, t_last, c * QGROUP + 8u * i + 4u);
-                p0 += dot_tile(q4_lo(w0[i]), xl) + dot_tile(q4_hi(w0[i]), xh);
-                if (ROWWISE_ROWS > 1u) { p1 += dot_tile(q4_lo(w1[i]), xl) + dot_tile(q4_hi(w1[i]), xh); }
+                x_sum += dot_tile(vec4<f32>(1.0), xl) + dot_tile(vec4<f32>(1.0), xh);
+                p0 += dot_tile(q4_lo_biased(w0[i]), xl) + dot_tile(q4_hi_biased(w0[i]), xh);
+                if (ROWWISE_ROWS > 1u) { p1 += dot_tile(q4_lo_biased(w1[i]), xl) + dot_tile(q4_hi_biased(w1[i]), xh); }
                 if (ROWWISE_ROWS > 2u) {
-                    p2 += dot_tile(q4_lo(w2[i]), xl) + dot_tile(q4_hi(w2[i]), xh);
-                    p3 += dot_tile(q4_lo(w3[i]), xl) + dot_tile(q4_hi(w3[i]), xh);
+                    p2 += dot_tile(q4_lo_biased(w2[i]), xl) + dot_tile(q4_hi_biased(w2[i]), xh);
+                    p3 += dot_tile(q4_lo_biased(w3[i]), xl) + dot_tile(q4_hi_biased(w3[i]), xh);
                 }
             }
+            let bias8 = 8.0 * x_sum;
+            p0 -= bias8;
+            p1 -= bias8;
+            p2 -= bias8;
+            p3 -= bias8;
         }
         for (var u = 0u; u < select(units, 0u, FORMAT == FMT_Q4); u++) {
             let w0 = load_unit(r0, c, u, aligned);

@@ -4,7 +4,8 @@
 //! are exact in f32 (a ≤7-bit integer times an f16 scale), so the only error
 //! is the kernel's f32 accumulation. Rounding errors of a k-term sum grow like
 //! √k·u·Σ|xᵢwᵢ| (u = 2⁻²⁴); we allow 16× that, plus the rounding of the bias
-//! add and scale multiply (4u·|y|).
+//! add and scale multiply (4u·|y|). For q4, |wᵢ| counts 8·|scale| more (the
+//! rowwise kernel sums the stored q + 8 and subtracts 8·Σx per group).
 
 mod common;
 
@@ -91,7 +92,10 @@ fn check(case: &Case, seed: u64) {
     // The plain product of all weight rows, and its error bound per element.
     let full = reference::matmul::matmul(&x, m, &packed, case.bias.then_some(&bias[..]), case.scale.then_some(&scale[..]));
     let deq = packed.dequantize();
-    let abs_sum = |t: usize, j: usize| -> f64 { (0..k).map(|i| (x[t * k + i] * deq[j * k + i]).abs() as f64).sum() };
+    // The rowwise q4 path sums (q + 8)·x and takes 8·Σx off per group, so its
+    // rounding scales with |q + 8|, not |q|: count 8·|scale| more per weight.
+    let q4_bias = |j: usize, i: usize| if format == QuantFormat::Q4 { 8.0 * packed.scale(j, i / 32).abs() } else { 0.0 };
+    let abs_sum = |t: usize, j: usize| -> f64 { (0..k).map(|i| (x[t * k + i].abs() * (deq[j * k + i].abs() + q4_bias(j, i))) as f64).sum() };
     let bound = |t: usize, j: usize| -> f64 {
         let s = if case.scale { scale[j] as f64 } else { 1.0 };
         16.0 * (k as f64).sqrt() * U * abs_sum(t, j) * s + 4.0 * U * full[t * rows + j].abs() as f64
