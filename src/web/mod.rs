@@ -470,6 +470,12 @@ impl Engine {
             let model = Rc::new(model);
             // Compile every pipeline now (nothing runs): the first answer must not wait on it.
             model.compile_pipelines().map_err(fail)?;
+            // The browser may compile them after `createComputePipeline` has
+            // returned (SwiftShader does: a load that did not wait here left
+            // seconds of compiling to the first question, or to the next
+            // load). A readback completes after every earlier GPU command, so
+            // the compile phase ends when the pipelines exist.
+            model.ctx.read::<u32>(&model.base.rope.buffer, 0, 1).await.map_err(|e| fail(e.into()))?;
             let mut state = inner.state.borrow_mut();
             let base_changed = state.model.as_ref().is_none_or(|m| !Rc::ptr_eq(&m.base, &model.base));
             if base_changed {
