@@ -64,6 +64,12 @@ fn epilogue(col: u32, value: f32) -> f32 {
     return v;
 }
 
+// GATED: y[t, j] = silu(y1) ⊙ y3, each with its bias and scale.
+fn store_gated(t: u32, j: u32, gate: f32, up: f32) {
+    let col = params.out_offset + j;
+    y[params.y_offset + t * params.out_stride + col] = silu(epilogue(col, gate)) * epilogue(col + params.n, up);
+}
+
 fn store_output(t: u32, j: u32, value: f32) {
     let col = params.out_offset + j;
     var v = epilogue(col, value);
@@ -154,10 +160,7 @@ fn gemv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     if (lane == 0u && r < params.n) {
         if (GATED) {
-            let col = params.out_offset + r;
-            let gate = epilogue(col, partial[lid]);
-            let up = epilogue(col + params.n, partial_up[lid]);
-            y[params.y_offset + t * params.out_stride + col] = silu(gate) * up;
+            store_gated(t, r, partial[lid], partial_up[lid]);
         } else {
             store_output(t, r, partial[lid]);
         }
@@ -510,10 +513,7 @@ fn store_tile(j: u32, t0: u32, t_last: u32, acc: vec4<f32>, acc_up: vec4<f32>) {
     for (var t = 0u; t <= t_last; t++) {
         let row = params.t_first + t0 + t;
         if (GATED) {
-            let col = params.out_offset + j;
-            let gate = epilogue(col, acc[t]);
-            let up = epilogue(col + params.n, acc_up[t]);
-            y[params.y_offset + row * params.out_stride + col] = silu(gate) * up;
+            store_gated(row, j, acc[t], acc_up[t]);
         } else {
             store_output(row, j, acc[t]);
         }

@@ -46,20 +46,21 @@ pub struct RopeArgs<'a> {
     pub start_pos: usize,
 }
 
+/// The table covers positions `start_pos .. start_pos + rows` and pairs up a head.
+fn check_positions(what: &str, table: &RopeTable, start_pos: usize, rows: usize) -> Result<(), GpuError> {
+    if table.head_dim % 2 != 0 {
+        return Err(GpuError::InvalidArgument(format!("{what}: head_dim {} is odd", table.head_dim)));
+    }
+    if start_pos + rows > table.positions {
+        return Err(GpuError::InvalidArgument(format!("{what}: positions {start_pos}..{} exceed the table's {} positions", start_pos + rows, table.positions)));
+    }
+    Ok(())
+}
+
 /// Rotates the vectors in place.
 pub fn rope(ctx: &GpuContext, table: &RopeTable, args: &RopeArgs) -> Result<Dispatch, GpuError> {
     let d = table.head_dim;
-    if d % 2 != 0 {
-        return Err(GpuError::InvalidArgument(format!("rope: head_dim {d} is odd")));
-    }
-    if args.start_pos + args.rows > table.positions {
-        return Err(GpuError::InvalidArgument(format!(
-            "rope: positions {}..{} exceed the table's {} positions",
-            args.start_pos,
-            args.start_pos + args.rows,
-            table.positions
-        )));
-    }
+    check_positions("rope", table, args.start_pos, args.rows)?;
     if args.rows > 0 {
         require(args.data, (args.offset + (args.rows - 1) * args.row_stride + args.n_heads * d) as u64, "rope data")?;
     }
@@ -98,19 +99,9 @@ pub struct QkvArgs<'a> {
 pub fn rope_qkv(ctx: &GpuContext, table: &RopeTable, args: &QkvArgs) -> Result<Dispatch, GpuError> {
     let d = table.head_dim;
     let width = args.n_heads * d;
-    if d % 2 != 0 {
-        return Err(GpuError::InvalidArgument(format!("rope_qkv: head_dim {d} is odd")));
-    }
+    check_positions("rope_qkv", table, args.start_pos, args.rows)?;
     if args.rows == 0 || args.row_stride < 3 * width {
         return Err(GpuError::InvalidArgument(format!("rope_qkv: {} rows of stride {} for q|k|v of {width} each", args.rows, args.row_stride)));
-    }
-    if args.start_pos + args.rows > table.positions {
-        return Err(GpuError::InvalidArgument(format!(
-            "rope_qkv: positions {}..{} exceed the table's {} positions",
-            args.start_pos,
-            args.start_pos + args.rows,
-            table.positions
-        )));
     }
     require(args.qkv, ((args.rows - 1) * args.row_stride + 3 * width) as u64, "rope_qkv qkv")?;
     require(args.cache_k, ((args.start_pos + args.rows) * width) as u64, "rope_qkv key cache")?;

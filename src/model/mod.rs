@@ -471,21 +471,8 @@ impl Model {
                 if lora_written && g.members.iter().any(|p| p.lora.is_none()) {
                     return Err(ModelError::BadInput("LoRA on only some members of a fused group".into()));
                 }
-                let args = MatmulArgs {
-                    x,
-                    x_offset: 0,
-                    x_stride: weight.cols,
-                    m,
-                    weight,
-                    bias: if adapted { bias.as_ref() } else { None },
-                    scale: scale.as_ref(),
-                    y,
-                    y_offset: 0,
-                    y_stride: width,
-                    accumulate: lora_written,
-                    gated: false,
-                };
-                d.extend(matmul(&self.ctx, &args, MatmulShape::Auto)?);
+                let fused = Linear { weight, bias: if adapted { bias.as_ref() } else { None }, scale: scale.as_ref(), lora: None };
+                d.extend(self.linear_at(&fused, x, 0, m, y, 0, width, lora_written)?);
             }
             GroupWeights::Separate(weights) => {
                 for (i, (weight, p)) in weights.iter().zip(&g.members).enumerate() {
