@@ -156,6 +156,7 @@ use crate::model::config::{AdapterConfig, ChannelOrder, ClipConfig, Fusion, Llam
 use crate::model::weights::{adapter_specs, base_specs};
 use crate::model::plan::{Pick, StepResult};
 use crate::model::{MemorySource, Model, ModelError};
+use crate::model::decoder::ImagePrefixes;
 
 /// The shape of a benchmark model.
 #[derive(Debug, Clone)]
@@ -329,21 +330,17 @@ pub struct ModelFigures {
     pub activation_bytes: u64,
 }
 
-/// Prints the GPU time of each kernel (label and grid) over `steps`, each dispatch timed alone.
-fn profile_dispatches(ctx: &GpuContext, what: &str, steps: &[Dispatch]) -> Result<(), GpuError> {
-    let mut by_kernel: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
-    let mut total = 0.0;
-    for d in steps {
-        let (secs, _) = time_dispatches(ctx, std::slice::from_ref(d), 3)?;
-        let e = by_kernel.entry(format!("{} {:?}", d.label, d.workgroups)).or_default();
-        e.0 += 1;
-        e.1 += secs;
-        total += secs;
+/// Prints the GPU time of each kernel (label and grid) of a forward pass
+/// over `tokens` tokens from `start_pos`, each dispatch timed alone.
+fn print_profile(model: &Model, what: &str, tokens: usize, start_pos: usize, image: &ImagePrefixes) -> Result<(), ModelError> {
+    let kernels = pollster::block_on(model.profile_forward(tokens, start_pos, image, 5))?;
+    let (mut total, mut count) = (0.0, 0);
+    for k in &kernels {
+        eprintln!("profile {what}: {:<32} {:>4} dispatches {:>9.3} ms", format!("{} {:?}", k.label, k.workgroups), k.dispatches, k.ms);
+        total += k.ms;
+        count += k.dispatches;
     }
-    for (label, (count, secs)) in by_kernel {
-        eprintln!("profile {what}: {label:<32} {count:>4} dispatches {:>9.3} ms", secs * 1e3);
-    }
-    eprintln!("profile {what}: total {:.3} ms over {} dispatches", total * 1e3, steps.len());
+    eprintln!("profile {what}: total {total:.3} ms over {count} dispatches");
     Ok(())
 }
 
@@ -399,10 +396,8 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     model.session.put_plan(plan);
     if std::env::var("LLAMA_ADAPTER_PROFILE").is_ok() {
         // GPU time per kernel of one decode step and of the prefill, each dispatch timed alone.
-        let (steps, _) = model.forward_dispatches(&[next], prompt + new_tokens, &prefixes, false)?;
-        profile_dispatches(&ctx, "decode", &steps)?;
-        let (steps, _) = model.forward_dispatches(&tokens, 0, &prefixes, false)?;
-        profile_dispatches(&ctx, "prefill", &steps)?;
+        print_profile(&model, "decode", 1, prompt + new_tokens, &prefixes)?;
+        print_profile(&model, "prefill", tokens.len(), 0, &prefixes)?;
     }
     let l = &cfg.llama;
     // Weights a decode step reads: every layer matrix, the output head, one

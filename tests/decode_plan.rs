@@ -136,3 +136,24 @@ fn compile_pipelines_leaves_nothing_to_compile_for_a_generation() {
         assert_eq!(model.ctx.object_counts().pipelines, compiled, "{adapter}: a generation compiled a pipeline that compile_pipelines had not");
     }
 }
+
+#[test]
+fn the_profile_times_every_dispatch_of_a_decode_step_and_leaves_the_output_alone() {
+    let model = model("profile", "lora", QuantFormat::Q4);
+    let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
+    let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+    let before = model.argmax_token_blocking(&model.forward(&prompt, 0, &prefixes, false).unwrap()).unwrap();
+    let kernels = pollster::block_on(model.profile_forward(1, prompt.len(), &prefixes, 2)).unwrap();
+    // Every dispatch of the step is in it once (the plan adds the argmax).
+    let plan = DecodePlan::new(&model, &prefixes).unwrap();
+    let timed: usize = kernels.iter().map(|k| k.dispatches).sum();
+    assert_eq!(timed + 1, plan.dispatches_per_step(), "dispatches timed: {kernels:?}");
+    assert!(kernels.iter().all(|k| k.ms.is_finite() && k.ms >= 0.0 && !k.label.is_empty()), "{kernels:?}");
+    assert!(kernels.iter().any(|k| k.label.starts_with("matmul/")), "{kernels:?}");
+    // It runs on the session: a forward pass after it gives what one before it gave.
+    let after = model.argmax_token_blocking(&model.forward(&prompt, 0, &prefixes, false).unwrap()).unwrap();
+    assert_eq!(after, before);
+    // A pass past the context is refused, not run.
+    let context = model.config.llama.max_seq_len;
+    assert!(pollster::block_on(model.profile_forward(2, context - 1, &prefixes, 1)).is_err());
+}

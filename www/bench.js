@@ -93,6 +93,8 @@ async function main() {
     model.complete({ prompt: promptOfTokens(Math.max(1, promptTokens - overhead)), maxNewTokens: newTokens, temperature: 0, image: vision1.value }),
   );
   const r = gen.value;
+  // Where a decode step's GPU time goes, at the timed run's last position.
+  const decodeProfile = params.get('profile') === '1' ? await model.profile({ tokens: 1, position: r.promptIds.length + r.generatedIds.length, image: vision1.value }) : null;
   const memory = await model.memoryUsage();
   const info = model.info;
 
@@ -135,6 +137,7 @@ async function main() {
       decodeTokensPerS: r.timings.decodeTokensPerS,
       wallMs: gen.ms,
     },
+    decodeProfile,
     memory: { peakWasmBytes: Math.max(memory.wasmMemoryBytes, coldInfo.wasmMemoryBytes), wasmAfterColdLoadBytes: coldInfo.wasmMemoryBytes },
   };
   await model.dispose();

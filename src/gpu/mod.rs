@@ -5,6 +5,7 @@
 //! here and turned into a [`GpuError`] at the next wait point (a readback, a
 //! checked allocation, a pipeline build).
 
+pub mod profile;
 mod readback;
 
 pub use readback::StagingReader;

@@ -17,6 +17,7 @@
 //! Every linear carries its optional bias, scale and LoRA (see `Linear`); the
 //! tensors are resolved once per model into `layers::DecoderWeights`.
 
+use crate::gpu::profile::{time_each_dispatch, KernelTime};
 use crate::gpu::Dispatch;
 use crate::kernels::attention::{decoder_attention, DecoderAttention, Prefix, Rows};
 use crate::kernels::elementwise;
@@ -143,6 +144,20 @@ impl Model {
     /// (the benchmark times them one by one).
     pub fn forward_dispatches(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<(Vec<Dispatch>, ForwardOutput), ModelError> {
         self.forward_dispatches_tail(tokens, start_pos, image, if all_rows { tokens.len() } else { 1 }, false)
+    }
+
+    /// GPU time per kernel of a forward pass over `tokens` tokens (id 1)
+    /// from `start_pos` (one token: a decode step's kernels; many: a
+    /// prefill's), each dispatch timed alone ([`time_each_dispatch`]). The
+    /// benchmarks' profile, natively and in the browser.
+    pub async fn profile_forward(&self, tokens: usize, start_pos: usize, image: &ImagePrefixes, reps: usize) -> Result<Vec<KernelTime>, ModelError> {
+        let context = self.config.llama.max_seq_len;
+        if tokens == 0 || start_pos + tokens > context {
+            return Err(ModelError::ContextOverflow { prompt: start_pos + tokens.max(1), new: 0, context });
+        }
+        let _busy = self.session.claim()?;
+        let (steps, _) = self.forward_dispatches(&vec![1; tokens], start_pos, image, false)?;
+        Ok(time_each_dispatch(&self.ctx, &steps, reps).await?)
     }
 
     /// Runs `tokens` from position 0 and returns, for every decoder linear

@@ -277,6 +277,18 @@ fn package_report(plan: &PackagePlan) -> PackageReport {
     }
 }
 
+/// What `profileForward` takes from JS.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileRequest {
+    tokens: usize,
+    position: usize,
+    #[serde(default)]
+    image: Option<u32>,
+    #[serde(default)]
+    reps: Option<usize>,
+}
+
 /// What `generate` takes from JS.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -553,6 +565,29 @@ impl Engine {
                 return Err(js_error("busy", "a generation is already running on this model; wait for it or stop it first"));
             }
             let result = run_generate(&inner, request, on_token).await;
+            inner.generating.set(false);
+            result
+        })
+    }
+
+    /// Bench hook: GPU time per kernel of one forward pass of `tokens` tokens
+    /// from `position` (1 token: a decode step), each dispatch timed alone.
+    /// Resolves to `[{label, workgroups, dispatches, ms}]`.
+    #[wasm_bindgen(js_name = profileForward)]
+    pub fn profile_forward(&self, request: JsValue) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        promise(async move {
+            let request: ProfileRequest = serde_wasm_bindgen::from_value(request).map_err(|e| js_error("bad-input", &format!("profile options: {e}")))?;
+            let model = inner.model()?;
+            if inner.generating.replace(true) {
+                return Err(js_error("busy", "a generation is running on this model; profile after it"));
+            }
+            let result = async {
+                let prefixes = inner.prefixes(&model, request.image).await?;
+                let kernels = model.profile_forward(request.tokens, request.position, &prefixes, request.reps.unwrap_or(5)).await.map_err(|e| inner.fail(&e))?;
+                to_js(&kernels)
+            }
+            .await;
             inner.generating.set(false);
             result
         })

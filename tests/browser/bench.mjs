@@ -3,7 +3,7 @@
 // --gpu-args says otherwise) against a model folder and prints its JSON.
 //
 //   node tests/browser/bench.mjs --model <dir with base/ and adapter/> [--prompt 128] [--new 32]
-//        [--image file.png] [--chromium /usr/bin/chromium] [--timeout 600] [--headed]
+//        [--image file.png] [--chromium /usr/bin/chromium] [--timeout 600] [--headed] [--profile]
 //
 // e.g. after `target/release/llama-adapter bench write-model --out /tmp/bench-model`:
 //   node tests/browser/bench.mjs --model /tmp/bench-model
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     timeout: { type: 'string', default: '600' },
     headed: { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
     'no-swiftshader': { type: 'boolean', default: false },
   },
 });
@@ -58,6 +59,7 @@ try {
     prompt: values.prompt,
     new: values.new,
   });
+  if (values.profile) q.set('profile', '1');
   if (values.image) q.set('image', `/bench-image/${path.basename(values.image)}`);
   await page.goto(server.url(`/bench.html?${q}`));
   await page.waitForFunction(() => window.benchResult || window.benchError, null, { timeout: Number(values.timeout) * 1000, polling: 500 });

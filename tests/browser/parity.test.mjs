@@ -64,6 +64,23 @@ test('LoRA fixture: the native token ids', async () => {
   assert.deepEqual(g.lastResult.promptIds, fx.native.lora.promptIds);
 });
 
+test('profile(): every dispatch of a decode step timed, bad options refused, the outputs unchanged', async () => {
+  const config = await page.evaluate(() => T.models.get('lora').info.config);
+  const kernels = await call(page, 'profile', 'lora', { imageName: 'kafka', position: 20, reps: 2 });
+  // Per layer 8 dispatches, LoRA 2 per linear (7) and a separate SiLU-gate;
+  // then embedding, final norm and head (the plan's argmax is not a forward dispatch).
+  const perLayer = 8 + (config.adapter.w_lora ? 15 : 0);
+  assert.equal(kernels.reduce((s, k) => s + k.dispatches, 0), perLayer * config.llama.n_layers + 3, JSON.stringify(kernels));
+  assert.ok(kernels.every((k) => Number.isFinite(k.ms) && k.ms >= 0 && k.label.includes('/') && k.workgroups.length === 3), JSON.stringify(kernels));
+  const bad = await attempt(page, 'profile', 'lora', { tokens: 1.5 });
+  assert.equal(bad.error?.code, 'bad-input');
+  assert.equal(bad.error.details?.field, 'tokens');
+  const over = await attempt(page, 'profile', 'lora', { tokens: 2, position: config.llama.max_seq_len - 1 });
+  assert.equal(over.error?.code, 'context-overflow', over.error?.message);
+  const g = await call(page, 'generate', 'lora', { ...greedy(PROMPTS.lora), imageName: 'kafka' });
+  assertSameIds(assert, g.tokens, fx.native.lora.generatedIds, 'after profile()');
+});
+
 test('a second generate while one runs is refused with "busy"; the first completes', async () => {
   const r = await call(page, 'generateTwice', 'lora', { ...greedy(PROMPTS.lora), imageName: 'kafka' });
   assert.equal(r.second.ok, false, 'the second generate fails');

@@ -293,6 +293,18 @@ export interface GenerateResult {
  * leaving the loop early stops the generation (and waits until the engine is
  * idle). Errors are thrown from the iteration as {@link LlamaAdapterError}.
  */
+/** One kernel's share of a profiled forward pass (`LlamaAdapter.profile`). */
+export interface KernelTime {
+  /** kernel family / entry point, e.g. `matmul/rowwise` */
+  label: string;
+  /** the grid of each dispatch */
+  workgroups: [number, number, number];
+  /** how many dispatches of this kernel and grid the pass makes */
+  dispatches: number;
+  /** GPU milliseconds over all of them */
+  ms: number;
+}
+
 export interface Generation extends AsyncIterableIterator<GeneratePiece> {
   /** Resolves to the whole result when the generation ends; rejects with its error. */
   readonly result: Promise<GenerateResult>;
@@ -352,6 +364,13 @@ export class LlamaAdapter {
    * On failure the previous adapter stays loaded.
    */
   setAdapter(adapter: string | URL, options?: SetAdapterOptions): Promise<ModelInfo>;
+
+  /**
+   * Bench: GPU time per kernel of one forward pass of `tokens` (default 1, a
+   * decode step) from `position` (default 0), each dispatch timed alone,
+   * `reps` (default 5) repetitions less a single one.
+   */
+  profile(options?: { tokens?: number; position?: number; reps?: number; image?: LlamaAdapterImage }): Promise<KernelTime[]>;
 
   /** wasm linear memory now (= its peak, it only grows) and the model's GPU bytes. */
   memoryUsage(): Promise<{ wasmMemoryBytes: number; gpuBytes: number | null }>;

@@ -669,6 +669,29 @@ export class LlamaAdapter {
     return { wasmMemoryBytes: s.wasmMemoryBytes, gpuBytes: s.modelInfo?.gpuBytes ?? null };
   }
 
+  /**
+   * Bench: GPU time per kernel of one forward pass of `tokens` tokens from
+   * `position` (the default, 1 token, is a decode step), each dispatch timed
+   * alone. Resolves to `[{ label, workgroups, dispatches, ms }]`.
+   */
+  async profile(options = {}) {
+    this.#alive();
+    const tokens = options.tokens ?? 1;
+    const position = options.position ?? 0;
+    const reps = options.reps ?? 5;
+    for (const [k, v] of Object.entries({ tokens, position, reps })) {
+      if (!Number.isInteger(v) || v < 0) throw makeError('bad-input', `${k} must be a whole number ≥ 0 (got ${String(v)})`, { details: { field: k } });
+    }
+    let image = options.image;
+    if (image instanceof LlamaAdapterImage) {
+      if (image.released) throw makeError('bad-input', 'This picture was released');
+      image = image.handle;
+    } else if (image != null) {
+      throw makeError('bad-input', 'profile() takes a picture from encodeImage()', { details: { field: 'image' } });
+    }
+    return this.#worker.call('profile', { request: { tokens, position, reps, image: image ?? undefined } });
+  }
+
   /** Test hook: destroys the GPU device as a driver reset would. Calls after it reject with 'device-lost'. */
   async _destroyDeviceForTesting() {
     this.#alive();

@@ -11,7 +11,7 @@
 //                  { id, type: 'error', error }      error payload (errors.js toPayload); last message for id
 //                  { type: 'fatal', error }          the engine is unusable (wasm trap); index.js terminates us
 // Request types: checkSupport, load, setAdapter, encodeImage, encodeImageRgba,
-// releaseImage, generate, stats, destroyDevice, panic (test hooks), dispose.
+// releaseImage, generate, profile, stats, destroyDevice, panic (test hooks), dispose.
 
 // Imported statically (not with import()) so bundlers emit one worker chunk,
 // which their default (iife) worker format needs.
@@ -123,6 +123,9 @@ async function dispatch(msg, signal) {
       });
     case 'generate':
       return generate(msg, signal);
+    case 'profile':
+      if (generating) throw makeError('busy', 'A generation is running on this model; profile after it');
+      return exclusive(async () => plain(await requireEngine().profileForward(msg.request)));
     case 'stats': {
       const e = requireEngine();
       return { wasmMemoryBytes: e.wasmMemoryBytes(), modelInfo: plain(e.modelInfo()) };
