@@ -151,7 +151,8 @@ fn matmul_random_shapes_all_formats() {
 }
 
 /// The rowwise shape's register tiles (1, 2 and 4 weight rows per
-/// invocation, picked by the output count), with partial tiles and groups.
+/// invocation, picked by the output count), with partial tiles and groups;
+/// m = 1 runs the single-row entry point (`rowwise_one`), m > 1 `rowwise`.
 #[test]
 fn rowwise_register_tiles() {
     let mut seed = 900;

@@ -105,7 +105,7 @@ pub enum MatmulShape {
 
 /// From this many x rows on, `Auto` picks the tiled GEMM on real GPUs.
 pub const GEMM_MIN_ROWS: usize = 8;
-/// x rows per invocation of the rowwise shape (1 when there is only one).
+/// x rows per invocation of the rowwise shape (`rowwise_one` takes a single row).
 pub const ROWWISE_TOKENS: usize = 4;
 const ROWWISE_WORKGROUP: usize = 64;
 
@@ -271,19 +271,14 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
             let uniform = ctx.uniform("matmul params", &params);
             let (grid, dispatch) = match shape {
                 MatmulShape::Rowwise => {
-                    let tokens = if chunk.rows == 1 { 1 } else { ROWWISE_TOKENS };
+                    // One x row (decode) has its own entry point, with scalar accumulators.
+                    let (entry, tokens) = if chunk.rows == 1 { ("rowwise_one", 1) } else { ("rowwise", ROWWISE_TOKENS) };
                     let n = if args.gated { outputs } else { block.rows };
                     let tile_rows = rowwise_rows(n, args.gated);
                     let outputs_per_invocation = if args.gated { tile_rows / 2 } else { tile_rows };
                     let grid = [n.div_ceil(ROWWISE_WORKGROUP * outputs_per_invocation) as u32, chunk.rows.div_ceil(tokens) as u32, 1];
-                    let constants = [
-                        format,
-                        gated,
-                        ("X_UNIFORM", chunk.window.is_some() as u8 as f64),
-                        ("ROWWISE_TOKENS", tokens as f64),
-                        ("ROWWISE_ROWS", tile_rows as f64),
-                    ];
-                    let kernel = ctx.kernel("matmul", SOURCE, "rowwise", &ROWWISE_SLOTS, &constants)?;
+                    let constants = [format, gated, ("X_UNIFORM", chunk.window.is_some() as u8 as f64), ("ROWWISE_ROWS", tile_rows as f64)];
+                    let kernel = ctx.kernel("matmul", SOURCE, entry, &ROWWISE_SLOTS, &constants)?;
                     let window = match chunk.window {
                         Some(offset) => wgpu::BufferBinding { buffer: args.x, offset, size: std::num::NonZeroU64::new(UNIFORM_WINDOW_BYTES) },
                         None => wgpu::BufferBinding { buffer: ctx.dummy_window(), offset: 0, size: None },
