@@ -63,6 +63,7 @@ override QUERIES: u32 = 1u;
 var<workgroup> q_sh: array<vec4<f32>, 256>;   // [query r][dims 4e..4e+3] at r·64 + e
 var<workgroup> p_sh: array<vec4<f32>, 128>;   // [key in chunk] -> p per query
 var<workgroup> red: array<vec4<f32>, 64>;
+var<workgroup> red8: array<vec4<f32>, 8>;
 
 const SRC_CACHE: u32 = 0u;
 const SRC_PREFIX: u32 = 1u;
@@ -102,27 +103,35 @@ fn value4(src: u32, j: u32, h: u32, e: u32) -> vec4<f32> {
     return prefix_values[row4(params.pv_offset, params.p_stride, j, h) + e];
 }
 
+// Reductions over the 64 lanes in two barriers (a tree takes seven, and
+// CPU-backed adapters pay dearly for each): 8 lanes fold 8 values each, then
+// every lane folds those 8. The next reduction's writes come after its own
+// first barrier, so they cannot race with this one's reads.
 fn reduce_max(lid: u32, v: vec4<f32>) -> vec4<f32> {
     red[lid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
+    if (lid < 8u) {
+        var m = red[8u * lid];
+        for (var i = 1u; i < 8u; i++) { m = max(m, red[8u * lid + i]); }
+        red8[lid] = m;
     }
-    let r = red[0];
     workgroupBarrier();
+    var r = red8[0];
+    for (var i = 1u; i < 8u; i++) { r = max(r, red8[i]); }
     return r;
 }
 
 fn reduce_sum(lid: u32, v: vec4<f32>) -> vec4<f32> {
     red[lid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
+    if (lid < 8u) {
+        var t = red[8u * lid];
+        for (var i = 1u; i < 8u; i++) { t += red[8u * lid + i]; }
+        red8[lid] = t;
     }
-    let r = red[0];
     workgroupBarrier();
+    var r = red8[0];
+    for (var i = 1u; i < 8u; i++) { r += red8[i]; }
     return r;
 }
 
