@@ -95,7 +95,7 @@ fn decoder_continued_prefill_and_small_heads() {
     check_decoder(&Case { n_queries: 9, n_heads: 3, head_dim: 64, start_pos: 40, prefix_len: 10, new_gate: 1.0, capacity: 64 }, 90);
     check_decoder(&Case { n_queries: 5, n_heads: 16, head_dim: 48, start_pos: 3, prefix_len: 0, new_gate: 1.0, capacity: 8 }, 91);
     check_decoder(&Case { n_queries: 3, n_heads: 2, head_dim: 8, start_pos: 0, prefix_len: 1, new_gate: 1.0, capacity: 3 }, 92);
-    // The single-row entry point (attention_one) with small heads, with and without a prefix.
+    // Single rows (decode) with small heads, with and without a prefix.
     check_decoder(&Case { n_queries: 1, n_heads: 16, head_dim: 48, start_pos: 200, prefix_len: 0, new_gate: 1.0, capacity: 256 }, 93);
     check_decoder(&Case { n_queries: 1, n_heads: 2, head_dim: 8, start_pos: 0, prefix_len: 3, new_gate: 1.0, capacity: 3 }, 94);
 }
