@@ -2,7 +2,7 @@
 // Runs www/bench.html in headless Chromium (WebGPU on SwiftShader unless
 // --gpu-args says otherwise) against a model folder and prints its JSON.
 //
-//   node tests/browser/bench.mjs --model <dir with base/ and adapter/> [--prompt 128] [--new 32] [--profile]
+//   node tests/browser/bench.mjs --model <dir with base/ and adapter/> [--prompt 128] [--new 32]
 //        [--image file.png] [--chromium /usr/bin/chromium] [--timeout 600] [--headed] [--profile]
 //
 // e.g. after `target/release/llama-adapter bench write-model --out /tmp/bench-model`:
