@@ -14,6 +14,10 @@
 // A large matrix is split into row blocks (each a separate buffer no larger
 // than the storage-binding limit); `out_offset` says where a block's outputs
 // land in y, and bias/scale are indexed by that global column.
+//
+// With LORA, every output also gets its low-rank term before the bias and
+// scale: y = (x·Wᵀ + u·L2ᵀ + bias) * scale, where u = x·L1ᵀ was computed by a
+// small matmul before this one (see `lora_term`).
 
 struct Params {
     m: u32,            // rows of x (tokens)
@@ -29,9 +33,13 @@ struct Params {
     flags: u32,        // bit 0: add bias, bit 1: multiply by scale, bit 2: accumulate into y
     t_first: u32,      // rowwise: first x row of this dispatch (x_offset is relative to it)
     y_offset: u32,     // element index of y[0, 0]
+    lora_rank: u32,        // LORA: columns of L2 (and of each member's slice of u)
+    lora_member_rows: u32, // LORA: weight rows per member (output column col is member col / this)
+    lora_u_stride: u32,    // LORA: elements per row of u
+    lora_u_offset: u32,    // LORA: element of u row 0 where member 0's slice starts
+    lora_up_row0: u32,     // LORA: row of L2 that this weight's row 0 reads
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 override FORMAT: u32 = 0u;
@@ -46,6 +54,44 @@ override FORMAT: u32 = 0u;
 // the same weights viewed as 16-byte words.
 @group(0) @binding(6) var<uniform> x_window: array<vec4<f32>, 4096>;
 @group(0) @binding(7) var<storage, read> weights4: array<vec4<u32>>;
+
+// LORA only: u = x·L1ᵀ, [m rows, lora_u_stride] (member i's rank-wide slice
+// at i·lora_rank), and L2 as dense f32 rows, [global weight rows, lora_rank].
+@group(0) @binding(8) var<storage, read> lora_u: array<f32>;
+@group(0) @binding(9) var<storage, read> lora_up: array<f32>;
+override LORA: bool = false;
+
+// The LoRA term of x row t, output column col (a global weight row): member
+// col / lora_member_rows's slice of u dotted with L2 row col. The rank is
+// small (16 in the released checkpoints), so this costs about rank/k of the
+// main product and saves a dispatch and a pass over y.
+fn lora_term(t: u32, col: u32) -> f32 {
+    let u0 = t * params.lora_u_stride + params.lora_u_offset + (col / params.lora_member_rows) * params.lora_rank;
+    let w0 = (params.lora_up_row0 + col) * params.lora_rank;
+    var acc = 0.0;
+    for (var i = 0u; i < params.lora_rank; i++) {
+        acc += lora_u[u0 + i] * lora_up[w0 + i];
+    }
+    return acc;
+}
+
+// The LoRA terms of output column col for x rows t0 .. t0 + t_last (at most
+// 4; component t is row t0 + t): each L2 value is loaded once for all rows.
+fn lora_tile(t0: u32, t_last: u32, col: u32) -> vec4<f32> {
+    if (t_last == 0u) { return vec4<f32>(lora_term(t0, col)); }
+    let slice = params.lora_u_offset + (col / params.lora_member_rows) * params.lora_rank;
+    let s = params.lora_u_stride;
+    let u0 = t0 * s + slice;
+    let u1 = (t0 + min(1u, t_last)) * s + slice;
+    let u2 = (t0 + min(2u, t_last)) * s + slice;
+    let u3 = (t0 + min(3u, t_last)) * s + slice;
+    let w0 = (params.lora_up_row0 + col) * params.lora_rank;
+    var acc = vec4<f32>(0.0);
+    for (var i = 0u; i < params.lora_rank; i++) {
+        acc += lora_up[w0 + i] * vec4<f32>(lora_u[u0 + i], lora_u[u1 + i], lora_u[u2 + i], lora_u[u3 + i]);
+    }
+    return acc;
+}
 
 // With GATED (gemv and rowwise) the weights are [w1; w3], 2n rows, and the
 // kernel stores silu(y1) ⊙ y3 for its n outputs: y1 from row j, y3 from row
@@ -65,18 +111,35 @@ fn epilogue(col: u32, value: f32) -> f32 {
     return v;
 }
 
-// GATED: y[t, j] = silu(y1) ⊙ y3, each with its bias and scale.
-fn store_gated(t: u32, j: u32, gate: f32, up: f32) {
+// `value` plus, with LORA, its LoRA term (x row t, output column col).
+fn with_lora(t: u32, col: u32, value: f32) -> f32 {
+    if (LORA) { return value + lora_term(t, col); }
+    return value;
+}
+
+// GATED: y[t, j] = silu(y1) ⊙ y3, each with its bias and scale; the values
+// already hold their LoRA terms.
+fn store_gated_sums(t: u32, j: u32, gate: f32, up: f32) {
     let col = params.out_offset + j;
     y[params.y_offset + t * params.out_stride + col] = silu(epilogue(col, gate)) * epilogue(col + params.n, up);
 }
 
-fn store_output(t: u32, j: u32, value: f32) {
+// y[t, j] (+)= the value (its LoRA term already in) with bias and scale.
+fn store_output_sum(t: u32, j: u32, value: f32) {
     let col = params.out_offset + j;
     var v = epilogue(col, value);
     let i = params.y_offset + t * params.out_stride + col;
     if ((params.flags & 4u) != 0u) { v += y[i]; }
     y[i] = v;
+}
+
+fn store_gated(t: u32, j: u32, gate: f32, up: f32) {
+    let col = params.out_offset + j;
+    store_gated_sums(t, j, with_lora(t, col, gate), with_lora(t, col + params.n, up));
+}
+
+fn store_output(t: u32, j: u32, value: f32) {
+    store_output_sum(t, j, with_lora(t, params.out_offset + j, value));
 }
 
 // Dot product of group `c` (32 inputs) of weight row `r` with x at `xb`.
@@ -492,12 +555,19 @@ fn rowwise(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
 // `acc_up` holds the w3 row's.
 fn store_tile(j: u32, t0: u32, t_last: u32, acc: vec4<f32>, acc_up: vec4<f32>) {
     if (j >= params.n) { return; }
+    let row0 = params.t_first + t0;
+    var sums = acc;
+    var sums_up = acc_up;
+    if (LORA) {
+        let col = params.out_offset + j;
+        sums += lora_tile(row0, t_last, col);
+        if (GATED) { sums_up += lora_tile(row0, t_last, col + params.n); }
+    }
     for (var t = 0u; t <= t_last; t++) {
-        let row = params.t_first + t0 + t;
         if (GATED) {
-            store_gated(row, j, acc[t], acc_up[t]);
+            store_gated_sums(row0 + t, j, sums[t], sums_up[t]);
         } else {
-            store_output(row, j, acc[t]);
+            store_output_sum(row0 + t, j, sums[t]);
         }
     }
 }

@@ -107,7 +107,7 @@ pub fn bench_matmul(ctx: &GpuContext, format: QuantFormat, m: usize, n: usize, k
     let x: Vec<f32> = (0..m * k).map(|_| rng.symmetric(1.0)).collect();
     let x = ctx.upload_activations("bench x", &x);
     let y = ctx.activations("bench y", (m * n * 4) as u64);
-    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: n, accumulate: false, gated: false };
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: k, m, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: n, accumulate: false, gated: false, lora: None };
     let dispatches = matmul(ctx, &args, shape)?;
     let (seconds, clock) = time_dispatches(ctx, &dispatches, reps)?;
     Ok(MatmulFigure {
@@ -170,12 +170,14 @@ pub struct BenchShape {
     pub clip_width: usize,
     pub clip_layers: usize,
     pub max_seq_len: usize,
+    /// LoRA (rank 16) on every decoder linear, and new_gate.
+    pub lora: bool,
 }
 
 impl BenchShape {
     /// LLaMA-7B with CLIP ViT-L/14 and the official adapter sizes.
     pub fn seven_b(quant: QuantFormat) -> BenchShape {
-        BenchShape { dim: 4096, layers: 32, heads: 32, ffn: 11008, vocab: 32000, quant, clip_width: 1024, clip_layers: 24, max_seq_len: 512 }
+        BenchShape { dim: 4096, layers: 32, heads: 32, ffn: 11008, vocab: 32000, quant, clip_width: 1024, clip_layers: 24, max_seq_len: 512, lora: false }
     }
 
     pub fn config(&self) -> ModelConfig {
@@ -200,9 +202,9 @@ impl BenchShape {
                 v_num_heads: if self.clip_width >= 768 { 16 } else { 4 },
                 v_mlp_hidden: 4 * 768.min(self.clip_width),
                 w_bias: true,
-                w_lora: false,
+                w_lora: self.lora,
                 lora_rank: 16,
-                w_new_gate: false,
+                w_new_gate: self.lora,
                 w_scale: false,
                 fusion: Fusion::LateAdd,
                 early_layers: 0,
@@ -249,7 +251,8 @@ pub fn random_packages(shape: &BenchShape, seed: u64, shard_bytes: u64) -> Resul
                 ((0..n).map(|_| centre + rng.symmetric(0.1)).collect::<Vec<f32>>(), QuantFormat::F32)
             } else {
                 let scale = 1.0 / (dims[dims.len() - 1] as f32).sqrt();
-                let quantised = !(name.contains("positional") || name.contains("adapter_query") || name.contains("visual_query"));
+                // As the converter stores them: LoRA factors and prompts stay f32.
+                let quantised = !(name.contains("positional") || name.contains("adapter_query") || name.contains("visual_query") || name.contains(".lora_"));
                 ((0..n).map(|_| rng.symmetric(scale)).collect::<Vec<f32>>(), if quantised { shape.quant } else { QuantFormat::F32 })
             };
             w.add(name, dims, format, &data);

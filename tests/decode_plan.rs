@@ -81,9 +81,9 @@ fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
         assert_eq!(plan.moving_blocks(), 2 * layers, "{adapter}: moving parameter blocks");
         // Per layer: 2 RMSNorms, the fused q|k|v matmul, its RoPE, attention,
         // wo, the gated w1|w3 matmul, w2; then embedding, final norm, head,
-        // argmax (issue #15's bar). LoRA adds two matmuls per linear, and its
-        // w1 | w3 output takes a separate SiLU-gate.
-        let lora = if model.config.adapter.w_lora { 2 * 7 + 1 } else { 0 };
+        // argmax (issue #15's bar). LoRA adds one small matmul (u = x·L1ᵀ)
+        // before each of the four matmuls, which apply L2 in their epilogue.
+        let lora = if model.config.adapter.w_lora { 4 } else { 0 };
         assert_eq!(plan.dispatches_per_step(), (8 + lora) * layers + 4, "{adapter}: dispatches per step");
     }
 }

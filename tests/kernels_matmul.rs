@@ -11,7 +11,7 @@ mod common;
 
 use common::{assert_close, gpu, read_f32, run};
 use llama_adapter_web::format::quant::{PackedMatrix, QuantFormat, Rounding};
-use llama_adapter_web::kernels::matmul::{matmul, rowwise_windows, GpuMatrix, MatmulArgs, MatmulShape};
+use llama_adapter_web::kernels::matmul::{matmul, rowwise_windows, GpuMatrix, LoraEpilogue, MatmulArgs, MatmulShape};
 use llama_adapter_web::reference;
 use llama_adapter_web::util::Rng;
 
@@ -35,6 +35,18 @@ struct Case {
     rounding: Rounding,
     /// The weights are [w1; w3] (2n rows) and the kernel stores silu(y1) ⊙ y3.
     gated: bool,
+    /// A LoRA term in the epilogue.
+    lora: Option<LoraCase>,
+}
+
+/// A LoRA epilogue: random u and L2, weights in members of `member_rows`
+/// rows, this matrix reading u from column `u_offset` and L2 from row `up_row0`.
+#[derive(Clone, Copy)]
+struct LoraCase {
+    rank: usize,
+    member_rows: usize,
+    u_offset: usize,
+    up_row0: usize,
 }
 
 fn check(case: &Case, seed: u64) {
@@ -56,6 +68,24 @@ fn check(case: &Case, seed: u64) {
     let bias: Vec<f32> = rng.vec_normal(rows, 1.0);
     let scale: Vec<f32> = (0..rows).map(|_| 0.5 + rng.uniform() as f32).collect();
     let y0: Vec<f32> = rng.vec_normal(m * n, 1.0);
+    // LoRA: u rows of u_stride (with a spare column), L2 rows for every global weight row.
+    let lora = case.lora.map(|l| {
+        let members = rows.div_ceil(l.member_rows);
+        let u_stride = l.u_offset + members * l.rank + 1;
+        let u: Vec<f32> = rng.vec_normal(m * u_stride, 1.0);
+        let up: Vec<f32> = rng.vec_normal((l.up_row0 + rows) * l.rank, 0.5);
+        (l, u_stride, u, up)
+    });
+    // The LoRA term of x row t, weight row j, and the sum of its |products|.
+    let lora_term = |t: usize, j: usize| -> (f64, f64) {
+        let Some((l, u_stride, u, up)) = &lora else { return (0.0, 0.0) };
+        let u0 = t * u_stride + l.u_offset + (j / l.member_rows) * l.rank;
+        let w0 = (l.up_row0 + j) * l.rank;
+        (0..l.rank).fold((0.0, 0.0), |(s, a), i| {
+            let p = u[u0 + i] as f64 * up[w0 + i] as f64;
+            (s + p, a + p.abs())
+        })
+    };
 
     let weight = match case.block_limit {
         Some(limit) => GpuMatrix::upload_with_limit(ctx, "w", &packed, limit).unwrap(),
@@ -68,6 +98,7 @@ fn check(case: &Case, seed: u64) {
     let bias_gpu = ctx.upload("bias", &bias);
     let scale_gpu = ctx.upload("scale", &scale);
     let y_gpu = ctx.upload("y", &y0);
+    let lora_gpu = lora.as_ref().map(|(_, _, u, up)| (ctx.upload("u", u), ctx.upload("up", up)));
     let args = MatmulArgs {
         x: &x_gpu,
         x_offset,
@@ -81,6 +112,12 @@ fn check(case: &Case, seed: u64) {
         y_stride: n,
         accumulate: case.accumulate,
         gated: case.gated,
+        lora: match (&lora, &lora_gpu) {
+            (Some((l, u_stride, _, _)), Some((u, up))) => {
+                Some(LoraEpilogue { u, u_stride: *u_stride, u_offset: l.u_offset, up, up_row0: l.up_row0, rank: l.rank, member_rows: l.member_rows })
+            }
+            _ => None,
+        },
     };
     if shape == MatmulShape::Rowwise {
         let aligned = k % 4 == 0 && x_stride % 4 == 0;
@@ -90,7 +127,14 @@ fn check(case: &Case, seed: u64) {
     let got = read_f32(ctx, &y_gpu, m * n);
 
     // The plain product of all weight rows, and its error bound per element.
-    let full = reference::matmul::matmul(&x, m, &packed, case.bias.then_some(&bias[..]), case.scale.then_some(&scale[..]));
+    // s ⊙ (x·Wᵀ + b + L) = s ⊙ (x·Wᵀ + b) + s ⊙ L.
+    let mut full = reference::matmul::matmul(&x, m, &packed, case.bias.then_some(&bias[..]), case.scale.then_some(&scale[..]));
+    for t in 0..m {
+        for j in 0..rows {
+            let s = if case.scale { scale[j] as f64 } else { 1.0 };
+            full[t * rows + j] = (full[t * rows + j] as f64 + s * lora_term(t, j).0) as f32;
+        }
+    }
     let deq = packed.dequantize();
     // The rowwise q4 path sums (q + 8)·x and takes 8·Σx off per group, so its
     // rounding scales with |q + 8|, not |q|: count 8·|scale| more per weight.
@@ -98,9 +142,12 @@ fn check(case: &Case, seed: u64) {
     let abs_sum = |t: usize, j: usize| -> f64 { (0..k).map(|i| (x[t * k + i].abs() * (deq[j * k + i].abs() + q4_bias(j, i))) as f64).sum() };
     let bound = |t: usize, j: usize| -> f64 {
         let s = if case.scale { scale[j] as f64 } else { 1.0 };
-        16.0 * (k as f64).sqrt() * U * abs_sum(t, j) * s + 4.0 * U * full[t * rows + j].abs() as f64
+        // The LoRA sum's own rounding (rank terms) and its add before the bias.
+        let (term, term_abs) = lora_term(t, j);
+        let lora = 16.0 * (lora.as_ref().map_or(1, |l| l.0.rank) as f64).sqrt() * U * term_abs * s + 4.0 * U * term.abs() * s;
+        16.0 * (k as f64).sqrt() * U * abs_sum(t, j) * s + 4.0 * U * full[t * rows + j].abs() as f64 + lora
     };
-    let what = format!("{} {:?} m={m} n={n} k={k} bias={} scale={} acc={} gated={}", format.name(), shape, case.bias, case.scale, case.accumulate, case.gated);
+    let what = format!("{} {:?} m={m} n={n} k={k} bias={} scale={} acc={} gated={} lora={}", format.name(), shape, case.bias, case.scale, case.accumulate, case.gated, case.lora.is_some());
     if case.gated {
         // silu(a)·b: an error da moves it by at most 1.1·|da|·|b| (|silu'| < 1.1), db by |silu(a)|·|db|.
         let silu = |a: f64| a / (1.0 + (-a).exp());
@@ -141,7 +188,7 @@ fn matmul_random_shapes_all_formats() {
                     let flags = seed % 4;
                     let x_pad = if window { 4 * (seed as usize % 2) } else { seed as usize % 5 };
                     check(
-                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window, rounding: Rounding::Absmax, gated: false },
+                        &Case { format, m, n, k, shape, bias: flags & 1 == 1, scale: flags & 2 == 2, accumulate: seed % 3 == 0, block_limit: None, x_pad, window, rounding: Rounding::Absmax, gated: false, lora: None },
                         seed,
                     );
                 }
@@ -160,7 +207,7 @@ fn rowwise_register_tiles() {
         for &(m, n, k) in &[(1, 255, 64), (5, 300, 96), (1, 513, 100), (6, 700, 64), (9, 1031, 40)] {
             for window in [false, true] {
                 seed += 1;
-                let case = Case { format, m, n, k, shape: MatmulShape::Rowwise, bias: true, scale: seed % 2 == 0, accumulate: seed % 3 == 0, block_limit: None, x_pad: 0, window, rounding: Rounding::Absmax, gated: false };
+                let case = Case { format, m, n, k, shape: MatmulShape::Rowwise, bias: true, scale: seed % 2 == 0, accumulate: seed % 3 == 0, block_limit: None, x_pad: 0, window, rounding: Rounding::Absmax, gated: false, lora: None };
                 check(&case, seed);
             }
         }
@@ -176,10 +223,43 @@ fn matmul_gated_epilogue() {
         for &(m, n, k) in &[(1, 7, 31), (1, 100, 64), (3, 300, 96), (1, 600, 100), (6, 520, 64)] {
             for shape in [MatmulShape::Gemv, MatmulShape::Rowwise] {
                 seed += 1;
-                let case = Case { format, m, n, k, shape, bias: seed % 2 == 0, scale: seed % 3 != 0, accumulate: false, block_limit: None, x_pad: 0, window: seed % 2 == 1, rounding: Rounding::Absmax, gated: true };
+                let case = Case { format, m, n, k, shape, bias: seed % 2 == 0, scale: seed % 3 != 0, accumulate: false, block_limit: None, x_pad: 0, window: seed % 2 == 1, rounding: Rounding::Absmax, gated: true, lora: None };
                 check(&case, seed);
             }
         }
+    }
+}
+
+/// The LoRA epilogue in every shape and format: a single linear (one
+/// member), a fused group (three members, u slices side by side), a member
+/// stored on its own (reading its slice of u and its rows of L2), the gated
+/// w1 | w3 with one member per half, row blocks, and accumulation.
+#[test]
+fn matmul_lora_epilogue() {
+    let mut seed = 1500;
+    for format in QuantFormat::ALL {
+        for &(m, n, k, members, gated) in &[(1, 48, 64, 1, false), (3, 96, 100, 3, false), (1, 300, 96, 3, false), (6, 70, 64, 1, false), (1, 100, 64, 2, true), (5, 130, 96, 2, true)] {
+            for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
+                if gated && shape == MatmulShape::Gemm {
+                    continue;
+                }
+                seed += 1;
+                let rows = if gated { 2 * n } else { n };
+                let (member_rows, u_offset, up_row0) = match seed % 3 {
+                    // A separately stored member 1 of 3: its rows are one member.
+                    0 if !gated => (rows, 5, rows),
+                    _ => (rows / members, 0, 0),
+                };
+                let lora = Some(LoraCase { rank: if seed % 2 == 0 { 16 } else { 5 }, member_rows, u_offset, up_row0 });
+                let accumulate = !gated && seed % 4 == 1;
+                let case = Case { format, m, n, k, shape, bias: seed % 2 == 1, scale: seed % 3 != 1, accumulate, block_limit: None, x_pad: 0, window: seed % 2 == 0, rounding: Rounding::Absmax, gated, lora };
+                check(&case, seed);
+            }
+        }
+        // Row blocks: L2 is indexed by the global weight row.
+        seed += 1;
+        let lora = Some(LoraCase { rank: 16, member_rows: 50, u_offset: 0, up_row0: 0 });
+        check(&Case { format, m: 3, n: 50, k: 96, shape: MatmulShape::Rowwise, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false, lora }, seed);
     }
 }
 
@@ -193,7 +273,7 @@ fn matmul_gated_refusals() {
     let odd = GpuMatrix::upload(ctx, "w", &PackedMatrix::pack_with(QuantFormat::Q4, 63, 64, &vec![0.5; 63 * 64], Rounding::Absmax, None)).unwrap();
     let x = ctx.upload("x", &vec![1.0f32; 64 * 16]);
     let y = ctx.upload("y", &vec![0.0f32; 64 * 16]);
-    let args = |weight, accumulate| MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 16, weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 32, accumulate, gated: true };
+    let args = |weight, accumulate| MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 16, weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 32, accumulate, gated: true, lora: None };
     assert!(matmul(ctx, &args(&weight, false), MatmulShape::Gemm).is_err(), "gemm has no gated epilogue");
     assert!(matmul(ctx, &args(&weight, true), MatmulShape::Rowwise).is_err(), "gated does not accumulate");
     assert!(matmul(ctx, &args(&odd, false), MatmulShape::Rowwise).is_err(), "gated needs an even row count");
@@ -210,7 +290,7 @@ fn matmul_full_range_and_search_rounding() {
             for &(m, n, k) in &[(1, 9, 33), (3, 70, 257), (12, 65, 96)] {
                 for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
                     seed += 1;
-                    check(&Case { format, m, n, k, shape, bias: true, scale: seed % 2 == 0, accumulate: false, block_limit: None, x_pad: 1, window: false, rounding, gated: false }, seed);
+                    check(&Case { format, m, n, k, shape, bias: true, scale: seed % 2 == 0, accumulate: false, block_limit: None, x_pad: 1, window: false, rounding, gated: false, lora: None }, seed);
                 }
             }
         }
@@ -222,12 +302,12 @@ fn gemm_many_rows_all_formats() {
     for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
         for shape in [MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false, rounding: Rounding::Absmax, gated: false },
+                &Case { format, m: 130, n: 197, k: 176, shape, bias: true, scale: i % 2 == 0, accumulate: i == 3, block_limit: None, x_pad: 1, window: false, rounding: Rounding::Absmax, gated: false, lora: None },
                 100 + i as u64,
             );
         }
         check(
-            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false },
+            &Case { format, m: 64, n: 64, k: 64, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false, lora: None },
             200 + i as u64,
         );
     }
@@ -239,7 +319,7 @@ fn gemm_many_rows_all_formats() {
 fn rowwise_across_uniform_windows() {
     for format in [QuantFormat::Q4, QuantFormat::F32] {
         check(
-            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true, rounding: Rounding::Absmax, gated: false },
+            &Case { format, m: 130, n: 70, k: 1000, shape: MatmulShape::Rowwise, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 12, window: true, rounding: Rounding::Absmax, gated: false, lora: None },
             400,
         );
     }
@@ -252,7 +332,7 @@ fn matmul_row_blocks_cover_the_output() {
     for format in QuantFormat::ALL {
         for shape in [MatmulShape::Gemv, MatmulShape::Gemm, MatmulShape::Rowwise] {
             check(
-                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false },
+                &Case { format, m: 3, n: 50, k: 96, shape, bias: true, scale: true, accumulate: false, block_limit: Some(2048), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false, lora: None },
                 300,
             );
         }
@@ -269,7 +349,7 @@ fn gemv_7b_shapes() {
         (QuantFormat::F16, 4096, 4096),
     ] {
         for shape in [MatmulShape::Gemv, MatmulShape::Rowwise] {
-            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false }, n as u64 + k as u64);
+            check(&Case { format, m: 1, n, k, shape, bias: true, scale: false, accumulate: false, block_limit: None, x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false, lora: None }, n as u64 + k as u64);
         }
     }
 }
@@ -280,7 +360,7 @@ fn gemv_7b_f32_splits_over_the_binding_limit() {
     let packed_bytes = QuantFormat::F32.bytes(11008, 4096);
     assert!(packed_bytes > 128 << 20);
     check(
-        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false },
+        &Case { format: QuantFormat::F32, m: 1, n: 11008, k: 4096, shape: MatmulShape::Auto, bias: false, scale: false, accumulate: true, block_limit: Some(128 << 20), x_pad: 0, window: true, rounding: Rounding::Absmax, gated: false, lora: None },
         77,
     );
 }
@@ -292,7 +372,7 @@ fn matmul_rejects_mismatched_buffers() {
     let weight = GpuMatrix::upload(ctx, "w", &packed).unwrap();
     let x = ctx.upload("x", &vec![1f32; 32]); // too short for k = 64
     let y = ctx.storage("y", 8 * 4);
-    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 8, accumulate: false, gated: false };
+    let args = MatmulArgs { x: &x, x_offset: 0, x_stride: 64, m: 1, weight: &weight, bias: None, scale: None, y: &y, y_offset: 0, y_stride: 8, accumulate: false, gated: false, lora: None };
     let err = matmul(ctx, &args, MatmulShape::Auto).err().expect("short x must be rejected");
     assert!(err.to_string().contains("matmul x"), "{err}");
 }

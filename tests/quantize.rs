@@ -200,3 +200,69 @@ fn fused_and_separate_members_compute_the_same() {
         assert!(diff <= 1e-5 * scale, "gpu shapes {gpu_shapes}: fused and separate differ by {diff} (largest logit {scale})");
     }
 }
+
+/// Writes `package`'s tensors again into `dir`, each as `format(name)`, with
+/// `values(name, data)` in place of its values (same config, base, template).
+fn rewrite_package(package: &LoadedPackage, dir: &Path, format: impl Fn(&str) -> QuantFormat, values: impl Fn(&str, Vec<f32>) -> Vec<f32>) {
+    use llama_adapter_web::format::package::PackageWriter;
+    let mut writer = PackageWriter::new(64 << 20, 64 << 20);
+    for t in &package.manifest.tensors {
+        let data = values(&t.name, package.tensor_f32(&t.name).unwrap());
+        writer.add(&t.name, &t.shape, format(&t.name), &data);
+    }
+    let (mut manifest, files) = writer.finish(package.manifest.kind, package.manifest.config.clone());
+    manifest.base_sha256 = package.manifest.base_sha256.clone();
+    manifest.prompt_template = package.manifest.prompt_template.clone();
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in &files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+/// The loader stacks a group's LoRA halves (and the matmul applies L2 in its
+/// epilogue) only where L2 is f32; an adapter whose wk, wo and w3 L2 are f16
+/// runs q|k|v, wo and w1|w3 through the unfolded LoRA path (u, then L2 as a
+/// matmul of its own, then the main product on top; a separate SiLU-gate),
+/// and w2 still folded. With the same values (those L2 rounded to f16 in
+/// both packages), both must compute the same logits, on the CPU adapter's
+/// shapes and on a real GPU's. Tolerance: the same products summed in
+/// another order (the LoRA term inside or outside the main sum); 1e-5
+/// relative to the largest logit.
+#[test]
+fn stacked_and_member_lora_compute_the_same() {
+    let src = converted_f16("lora-src");
+    let all_f32 = tmp("lora-f32");
+    quantize_packages(Some(&src.join("base")), &[src.join("adapter")], &all_f32, &QuantizeOptions { to: QuantFormat::F32, ..Default::default() }).unwrap();
+    let adapter = LoadedPackage::read_dir(&all_f32.join("adapter"), PackageKind::Adapter).unwrap();
+    let unfolded = |name: &str| ["lora_wk_l2", "lora_wo_l2", "lora_w3_l2"].iter().any(|h| name.contains(h));
+    let to_f16 = |name: &str, data: Vec<f32>| if unfolded(name) { data.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect() } else { data };
+    let (stacked_dir, members_dir) = (tmp("lora-stacked"), tmp("lora-members"));
+    rewrite_package(&adapter, &stacked_dir, |_| QuantFormat::F32, to_f16);
+    rewrite_package(&adapter, &members_dir, |n| if unfolded(n) { QuantFormat::F16 } else { QuantFormat::F32 }, to_f16);
+
+    for gpu_shapes in [false, true] {
+        let run = |adapter_dir: &Path, stacked: bool| -> (Vec<f32>, usize) {
+            let ctx = if gpu_shapes { common::gpu_with_gpu_kernel_shapes() } else { gpu_shared() };
+            let model = Model::load_dirs(Rc::new(ctx), &all_f32.join("base"), adapter_dir).unwrap();
+            let layer = &model.decoder.layers[0];
+            assert_eq!(layer.qkv.stacked_lora.is_some(), stacked, "{}: q|k|v LoRA stacked", adapter_dir.display());
+            assert_eq!(layer.w13.stacked_lora.is_some(), stacked, "{}: w1|w3 LoRA stacked", adapter_dir.display());
+            let size = model.config.clip.image_size;
+            let prefixes = model.prepare_image(&model.encode_image(&vec![0.25; 3 * size * size]).unwrap()).unwrap();
+            let ids = model.base.tokenizer.encode_prompt(&format_prompt("Describe this image.", None)).unwrap();
+            let prompt = model.forward(&ids, 0, &prefixes, true).unwrap();
+            let mut all = model.read_f32(&prompt.logits, ids.len() * model.config.llama.vocab_size).unwrap();
+            let (steps, _) = model.forward_dispatches(&[5], ids.len(), &prefixes, false).unwrap();
+            let step = model.forward(&[5], ids.len(), &prefixes, false).unwrap();
+            all.extend(model.read_f32(&step.logits, model.config.llama.vocab_size).unwrap());
+            (all, steps.len())
+        };
+        let ((a, folded_dispatches), (b, member_dispatches)) = (run(&stacked_dir, true), run(&members_dir, false));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        println!("gpu shapes {gpu_shapes}: stacked vs member LoRA logits differ by {diff:e} (largest {scale}); dispatches per step {folded_dispatches} vs {member_dispatches}");
+        assert!(diff <= 1e-5 * scale, "gpu shapes {gpu_shapes}: stacked and member LoRA differ by {diff} (largest logit {scale})");
+        assert!(folded_dispatches < member_dispatches, "folding must cut dispatches ({folded_dispatches} vs {member_dispatches})");
+    }
+}

@@ -65,12 +65,16 @@ struct ShapeArgs {
     clip_width: usize,
     #[arg(long, default_value_t = 4)]
     clip_layers: usize,
+    /// The adapter carries LoRA (rank 16) on every decoder linear and a
+    /// new_gate, as the LORA-BIAS checkpoints do.
+    #[arg(long)]
+    lora: bool,
 }
 
 impl ShapeArgs {
     fn shape(&self) -> Result<BenchShape, String> {
         let quant = QuantFormat::parse(&self.quant).ok_or_else(|| format!("unknown --quant {:?} (expected f32, f16, q8 or q4)", self.quant))?;
-        Ok(BenchShape { dim: self.dim, layers: self.layers, heads: self.heads, ffn: self.ffn, vocab: self.vocab, quant, clip_width: self.clip_width, clip_layers: self.clip_layers, max_seq_len: 512 })
+        Ok(BenchShape { dim: self.dim, layers: self.layers, heads: self.heads, ffn: self.ffn, vocab: self.vocab, quant, clip_width: self.clip_width, clip_layers: self.clip_layers, max_seq_len: 512, lora: self.lora })
     }
 }
 
@@ -651,7 +655,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench { what: BenchWhat::Model { shape, model, prompt, new_tokens, json } } => {
             let flags = model.shape()?;
             let shape = match shape.as_deref() {
-                Some("7b") => BenchShape::seven_b(flags.quant),
+                Some("7b") => BenchShape { lora: flags.lora, ..BenchShape::seven_b(flags.quant) },
                 Some(other) => return Err(format!("unknown --shape {other:?} (expected 7b)").into()),
                 None => flags,
             };
@@ -663,6 +667,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 println!("adapter: {}", f.adapter);
                 println!("model: dim {} × {} layers, {} heads, ffn {}, vocab {}, {}; CLIP {} × {} layers", shape.dim, shape.layers, shape.heads, shape.ffn, shape.vocab, shape.quant.name(), shape.clip_width, shape.clip_layers);
+                if shape.lora {
+                    println!("adapter: LoRA rank 16 on every decoder linear, new_gate");
+                }
                 println!("build + upload            {:>10.2} s", f.build_s);
                 println!("compile pipelines         {:>10.2} s", f.compile_s);
                 println!("vision encoder            {:>10.1} ms", f.vision_ms);

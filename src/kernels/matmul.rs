@@ -12,8 +12,10 @@ use crate::gpu::{Dispatch, GpuContext, GpuError, Slot, MAX_GRID_DIM, UNIFORM_WIN
 use super::{require, to_u32};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/quant_common.wgsl"), include_str!("../../shaders/matmul.wgsl"));
-const SLOTS: [Slot; 6] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite];
-const ROWWISE_SLOTS: [Slot; 8] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::Uniform, Slot::Read];
+/// params, x, weights, bias, scale, y, x window, weights as 16-byte words
+/// (rowwise only), LoRA's u and L2 (with LORA only): 8 storage bindings,
+/// WebGPU's default per-stage limit.
+const SLOTS: [Slot; 10] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::Uniform, Slot::Read, Slot::Read, Slot::Read];
 
 /// Rows per GEMV workgroup and the GEMM tile edge (must match the shader).
 pub const GEMV_ROWS: usize = 8;
@@ -85,7 +87,12 @@ struct Params {
     flags: u32,
     t_first: u32,
     y_offset: u32,
-    _pad: [u32; 3],
+    lora_rank: u32,
+    lora_member_rows: u32,
+    lora_u_stride: u32,
+    lora_u_offset: u32,
+    lora_up_row0: u32,
+    _pad: [u32; 2],
 }
 
 /// Which kernel shape to use.
@@ -131,6 +138,29 @@ pub struct MatmulArgs<'a> {
     /// (each with its bias and scale), n outputs per row of x. GEMV and
     /// rowwise only ([`gated_supported`]), not with `accumulate`.
     pub gated: bool,
+    /// A LoRA term in the epilogue (every shape).
+    pub lora: Option<LoraEpilogue<'a>>,
+}
+
+/// The up half of a LoRA path, applied in the matmul's epilogue: output
+/// column `col` (a global weight row) of x row t gets
+/// `u[t·u_stride + u_offset + member·rank ..][..rank] · up[up_row0 + col, ..rank]`
+/// before the bias and scale, with `member = col / member_rows`. `u = x·L1ᵀ`
+/// comes from an earlier matmul (one for all members, their L1 rows stacked).
+pub struct LoraEpilogue<'a> {
+    /// [m, u_stride] f32: each member's rank-wide slice side by side.
+    pub u: &'a wgpu::Buffer,
+    pub u_stride: usize,
+    /// Where member 0's slice starts in each row of u (a separately stored
+    /// member i of a group reads its own slice: i·rank).
+    pub u_offset: usize,
+    /// The L2 row of this weight's row 0 (member i of a group: i·rows).
+    pub up_row0: usize,
+    /// L2 as dense f32, [weight rows, rank] (the members' rows stacked as the weights are).
+    pub up: &'a wgpu::Buffer,
+    pub rank: usize,
+    /// Weight rows per member (all of them for a single linear).
+    pub member_rows: usize,
 }
 
 /// Whether the shape `Auto` picks for `m` x rows has the gated epilogue
@@ -236,11 +266,29 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
             w.blocks.len()
         )));
     }
+    if let Some(l) = &args.lora {
+        let members = if l.member_rows == 0 { 0 } else { w.rows.div_ceil(l.member_rows) };
+        if l.rank == 0 || members == 0 || l.u_offset + members * l.rank > l.u_stride {
+            return Err(GpuError::InvalidArgument(format!(
+                "matmul LoRA: rank {}, {} rows per member of {}, u stride {} from {}",
+                l.rank, l.member_rows, w.rows, l.u_stride, l.u_offset
+            )));
+        }
+        require(l.u, (args.m * l.u_stride) as u64, "matmul LoRA u")?;
+        require(l.up, ((l.up_row0 + w.rows) * l.rank) as u64, "matmul LoRA up")?;
+    }
     let flags = args.bias.is_some() as u32 | (args.scale.is_some() as u32) << 1 | (args.accumulate as u32) << 2;
     let bias = args.bias.unwrap_or(ctx.dummy());
     let scale = args.scale.unwrap_or(ctx.dummy());
     let format = ("FORMAT", w.format.shader_code() as f64);
     let gated = ("GATED", args.gated as u8 as f64);
+    let lora = ("LORA", args.lora.is_some() as u8 as f64);
+    let (lora_u, lora_up) = match &args.lora {
+        Some(l) => (l.u, l.up),
+        None => (ctx.dummy(), ctx.dummy()),
+    };
+    let (lora_rank, lora_member_rows, lora_u_stride, lora_u_offset, lora_up_row0) =
+        args.lora.as_ref().map_or((0, 1, 0, 0, 0), |l| (l.rank, l.member_rows, l.u_stride, l.u_offset, l.up_row0));
     let chunks = match shape {
         MatmulShape::Rowwise => rowwise_chunks(ctx, args),
         _ => vec![RowChunk { t_first: 0, rows: args.m, window: None }],
@@ -266,10 +314,31 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
                 flags,
                 t_first: to_u32(chunk.t_first, "t_first")?,
                 y_offset: to_u32(args.y_offset, "y_offset")?,
-                _pad: [0; 3],
+                lora_rank: to_u32(lora_rank, "lora rank")?,
+                lora_member_rows: to_u32(lora_member_rows, "lora member rows")?,
+                lora_u_stride: to_u32(lora_u_stride, "lora u stride")?,
+                lora_u_offset: to_u32(lora_u_offset, "lora u offset")?,
+                lora_up_row0: to_u32(lora_up_row0, "lora up row")?,
+                _pad: [0; 2],
             };
             let uniform = ctx.uniform("matmul params", &params);
-            let (grid, dispatch) = match shape {
+            // Bindings 1.. (the x window and 16-byte weights are the rowwise shape's).
+            let window = match chunk.window {
+                Some(offset) => wgpu::BufferBinding { buffer: args.x, offset, size: std::num::NonZeroU64::new(UNIFORM_WINDOW_BYTES) },
+                None => wgpu::BufferBinding { buffer: ctx.dummy_window(), offset: 0, size: None },
+            };
+            let bindings = [
+                args.x.as_entire_binding(),
+                block.buffer.as_entire_binding(),
+                bias.as_entire_binding(),
+                scale.as_entire_binding(),
+                args.y.as_entire_binding(),
+                wgpu::BindingResource::Buffer(window),
+                block.buffer.as_entire_binding(),
+                lora_u.as_entire_binding(),
+                lora_up.as_entire_binding(),
+            ];
+            let (grid, kernel) = match shape {
                 MatmulShape::Rowwise => {
                     // One x row (decode) has its own entry point, with scalar accumulators.
                     let (entry, tokens) = if chunk.rows == 1 { ("rowwise_one", 1) } else { ("rowwise", ROWWISE_TOKENS) };
@@ -277,35 +346,20 @@ pub fn matmul(ctx: &GpuContext, args: &MatmulArgs, shape: MatmulShape) -> Result
                     let tile_rows = rowwise_rows(n, args.gated);
                     let outputs_per_invocation = if args.gated { tile_rows / 2 } else { tile_rows };
                     let grid = [n.div_ceil(ROWWISE_WORKGROUP * outputs_per_invocation) as u32, chunk.rows.div_ceil(tokens) as u32, 1];
-                    let constants = [format, gated, ("X_UNIFORM", chunk.window.is_some() as u8 as f64), ("ROWWISE_ROWS", tile_rows as f64)];
-                    let kernel = ctx.kernel("matmul", SOURCE, entry, &ROWWISE_SLOTS, &constants)?;
-                    let window = match chunk.window {
-                        Some(offset) => wgpu::BufferBinding { buffer: args.x, offset, size: std::num::NonZeroU64::new(UNIFORM_WINDOW_BYTES) },
-                        None => wgpu::BufferBinding { buffer: ctx.dummy_window(), offset: 0, size: None },
-                    };
-                    let bindings = [
-                        args.x.as_entire_binding(),
-                        block.buffer.as_entire_binding(),
-                        bias.as_entire_binding(),
-                        scale.as_entire_binding(),
-                        args.y.as_entire_binding(),
-                        wgpu::BindingResource::Buffer(window),
-                        block.buffer.as_entire_binding(),
-                    ];
-                    (grid, ctx.dispatch_bindings(&kernel, uniform, &bindings, grid))
+                    let constants = [format, gated, lora, ("X_UNIFORM", chunk.window.is_some() as u8 as f64), ("ROWWISE_ROWS", tile_rows as f64)];
+                    (grid, ctx.kernel("matmul", SOURCE, entry, &SLOTS, &constants)?)
                 }
                 MatmulShape::Gemm => {
                     let grid = [block.rows.div_ceil(GEMM_TILE) as u32, args.m.div_ceil(GEMM_TILE) as u32, 1];
-                    let kernel = ctx.kernel("matmul", SOURCE, "gemm", &SLOTS, &[format])?;
-                    (grid, ctx.dispatch(&kernel, uniform, &[args.x, &block.buffer, bias, scale, args.y], grid))
+                    (grid, ctx.kernel("matmul", SOURCE, "gemm", &SLOTS, &[format, lora])?)
                 }
                 _ => {
                     let n = if args.gated { outputs } else { block.rows };
                     let grid = [n.div_ceil(GEMV_ROWS) as u32, to_u32(args.m, "m")?, 1];
-                    let kernel = ctx.kernel("matmul", SOURCE, "gemv", &SLOTS, &[format, gated])?;
-                    (grid, ctx.dispatch(&kernel, uniform, &[args.x, &block.buffer, bias, scale, args.y], grid))
+                    (grid, ctx.kernel("matmul", SOURCE, "gemv", &SLOTS, &[format, gated, lora])?)
                 }
             };
+            let dispatch = ctx.dispatch_bindings(&kernel, uniform, &bindings, grid);
             if grid[0] > MAX_GRID_DIM || grid[1] > MAX_GRID_DIM {
                 return Err(GpuError::InvalidArgument(format!("matmul grid {grid:?} exceeds {MAX_GRID_DIM} workgroups per dimension")));
             }

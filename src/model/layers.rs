@@ -56,6 +56,32 @@ pub fn base_fusions(n_layers: usize) -> Vec<FusedGroup> {
     groups
 }
 
+/// The adapter's fused groups: where every decoder linear carries LoRA, the
+/// L1 halves of q/k/v (and of w1/w3) stacked into one matrix, and their L2
+/// halves likewise; a layer's pair is fused only when both halves can be
+/// (see [`super::loader::fusable`]) and L2 is f32 (the matmul's LoRA
+/// epilogue reads it as dense rows), so a group's LoRA is either stacked
+/// whole or left as its members.
+pub fn adapter_fusions(ctx: &GpuContext, manifest: &crate::format::package::Manifest, config: &ModelConfig) -> Vec<FusedGroup> {
+    let mut groups = Vec::new();
+    if !config.adapter.w_lora {
+        return groups;
+    }
+    for l in 0..config.llama.n_layers {
+        for (group, members) in [("attention.wqkv", &ATTENTION_INPUT[..]), ("feed_forward.w13", &FFN_INPUT[..])] {
+            let half = |h: &str| FusedGroup { name: names::lora(l, group, h), members: members.iter().map(|m| names::lora(l, m, h)).collect() };
+            let (down, up) = (half("l1"), half("l2"));
+            let down_ok = super::loader::fusable(ctx, manifest, &down).is_some();
+            let up_ok = matches!(super::loader::fusable(ctx, manifest, &up), Some((crate::format::quant::QuantFormat::F32, _, _)));
+            if down_ok && up_ok {
+                groups.push(down);
+                groups.push(up);
+            }
+        }
+    }
+    groups
+}
+
 /// The members of the two groups, in their row order.
 pub const ATTENTION_INPUT: [&str; 3] = ["attention.wq", "attention.wk", "attention.wv"];
 pub const FFN_INPUT: [&str; 2] = ["feed_forward.w1", "feed_forward.w3"];
@@ -96,8 +122,13 @@ pub enum GroupWeights {
 pub struct LinearGroup {
     /// Output rows of each member (its slice of the group's output row).
     pub member_rows: usize,
+    /// Each member's bias, scale and (where not stacked) LoRA.
     pub members: Vec<AdapterParams>,
     pub weights: GroupWeights,
+    /// The members' LoRA stacked ([`adapter_fusions`]): (L1 rows of every
+    /// member, [members·rank, cols]; L2 rows of every member, f32
+    /// [members·member_rows, rank]). The matmul applies L2 in its epilogue.
+    pub stacked_lora: Option<(GpuMatrix, GpuMatrix)>,
 }
 
 impl LinearGroup {
@@ -107,7 +138,7 @@ impl LinearGroup {
     }
 
     pub fn has_lora(&self) -> bool {
-        self.members.iter().any(|m| m.lora.is_some())
+        self.stacked_lora.is_some() || self.members.iter().any(|m| m.lora.is_some())
     }
 }
 
@@ -162,8 +193,8 @@ impl DecoderWeights {
         let a = &config.adapter;
         let n = config.llama.n_layers;
         let first_late = n - a.query_layer;
-        let params = |l: usize, name: &str| -> Result<AdapterParams, ModelError> {
-            let lora = if a.w_lora {
+        let params = |l: usize, name: &str, stacked: bool| -> Result<AdapterParams, ModelError> {
+            let lora = if a.w_lora && !stacked {
                 Some((adapter.matrix(&names::lora(l, name, "l1"))?.clone(), adapter.matrix(&names::lora(l, name, "l2"))?.clone()))
             } else {
                 None
@@ -172,11 +203,29 @@ impl DecoderWeights {
             Ok(AdapterParams { bias, scale: adapter.optional_vector(&names::adapter_layer(l, &format!("{name}.scale"))).cloned(), lora })
         };
         let linear = |l: usize, name: &str| -> Result<LinearWeights, ModelError> {
-            let p = params(l, name)?;
+            let p = params(l, name, false)?;
             Ok(LinearWeights { weight: base.matrix(&names::base_linear(l, name))?.clone(), bias: p.bias, scale: p.scale, lora: p.lora })
         };
         let group = |l: usize, group: &str, members: &[&str], member_rows: usize| -> Result<LinearGroup, ModelError> {
-            let members_params = members.iter().map(|m| params(l, m)).collect::<Result<Vec<_>, _>>()?;
+            let stacked_lora = match (adapter.tensors.get(&names::lora(l, group, "l1")), adapter.tensors.get(&names::lora(l, group, "l2"))) {
+                (Some(GpuTensor::Matrix(down)), Some(GpuTensor::Matrix(up))) => Some((down.clone(), up.clone())),
+                _ => None,
+            };
+            if let Some((down, up)) = &stacked_lora {
+                let rank = up.cols;
+                let fits = up.format == crate::format::quant::QuantFormat::F32
+                    && up.blocks.len() == 1
+                    && up.rows == members.len() * member_rows
+                    && down.rows == members.len() * rank
+                    && down.cols == config.llama.dim;
+                if !fits {
+                    return Err(ModelError::BadInput(format!(
+                        "layer {l} {group}: stacked LoRA of {}x{} ({}) and {}x{} does not fit {} members of {member_rows} rows",
+                        down.rows, down.cols, up.format.name(), up.rows, up.cols, members.len()
+                    )));
+                }
+            }
+            let members_params = members.iter().map(|m| params(l, m, stacked_lora.is_some())).collect::<Result<Vec<_>, _>>()?;
             let weights = match base.tensors.get(&names::fused(l, group)) {
                 Some(GpuTensor::Matrix(weight)) => {
                     let label = names::fused(l, group);
@@ -190,7 +239,7 @@ impl DecoderWeights {
                 }
                 _ => GroupWeights::Separate(members.iter().map(|m| base.matrix(&names::base_linear(l, m)).cloned()).collect::<Result<_, _>>()?),
             };
-            Ok(LinearGroup { member_rows, members: members_params, weights })
+            Ok(LinearGroup { member_rows, members: members_params, weights, stacked_lora })
         };
         let (dim, ffn) = (config.llama.dim, config.llama.ffn_hidden);
         let mut layers = Vec::with_capacity(n);

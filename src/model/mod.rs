@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use crate::format::package::{FormatError, PackageKind};
 use crate::gpu::{Dispatch, GpuContext, GpuError};
-use crate::kernels::matmul::{gated_supported, matmul, GpuMatrix, MatmulArgs, MatmulShape};
+use crate::kernels::matmul::{gated_supported, matmul, GpuMatrix, LoraEpilogue, MatmulArgs, MatmulShape};
 use crate::kernels::rope::RopeTable;
 use crate::text::tokenizer::{Tokenizer, TokenizerError};
 
@@ -102,6 +102,12 @@ impl<'a> Linear<'a> {
     pub fn plain(weight: &'a GpuMatrix) -> Linear<'a> {
         Linear { weight, bias: None, scale: None, lora: None }
     }
+}
+
+/// Whether a LoRA's L2 (`rows` × `rank`) can ride in the main matmul's
+/// epilogue: dense f32 rows in one buffer (the converter keeps LoRA in f32).
+fn lora_up_foldable(l2: &GpuMatrix, rank: usize, rows: usize) -> bool {
+    l2.format == crate::format::quant::QuantFormat::F32 && l2.blocks.len() == 1 && l2.cols == rank && l2.rows == rows
 }
 
 /// The frozen part, loaded once: LLaMA + CLIP weights, tokenizer, RoPE table.
@@ -331,7 +337,8 @@ impl Model {
         fit(&adapter_plan.config, &[&base_plan.package, &adapter_plan.package], &ctx.info, None).map_err(LoadError::from)?;
         let base_upload = stream_package(&ctx, &base_plan.package, &base_host_names(), &layers::base_fusions(base_plan.llama.n_layers), base_shards).await?;
         let base = Rc::new(BaseModel::new(&ctx, &base_plan, base_upload, tokenizer_json)?);
-        let adapter_upload = stream_package(&ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), &[], adapter_shards).await?;
+        let adapter_fusions = layers::adapter_fusions(&ctx, &adapter_plan.package.manifest, &adapter_plan.config);
+        let adapter_upload = stream_package(&ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), &adapter_fusions, adapter_shards).await?;
         let adapter = Rc::new(AdapterModel::new(&adapter_plan, adapter_upload)?);
         Model::assemble(ctx, base, adapter, None)
     }
@@ -404,10 +411,20 @@ impl Model {
         let k = l.weight.cols;
         let mut d = Vec::new();
         let mut main_accumulates = accumulate;
-        if let Some((l1, l2)) = l.lora {
-            // LoRA first, then the main product adds on top.
-            d.extend(self.lora_into((l1, l2), l.scale, x, x_offset, m, y, y_offset, y_width, accumulate)?);
-            main_accumulates = true;
+        let mut folded = None;
+        match l.lora {
+            // L2 as dense f32 rows: u = x·L1ᵀ first, L2 in the main matmul's epilogue.
+            Some((l1, l2)) if lora_up_foldable(l2, l1.rows, l.weight.rows) => {
+                let (down, u) = self.lora_down(l1, x, x_offset, m)?;
+                d.extend(down);
+                folded = Some((u, l2, l1.rows));
+            }
+            Some((l1, l2)) => {
+                // Any other format: the LoRA path first, then the main product adds on top.
+                d.extend(self.lora_into((l1, l2), l.scale, x, x_offset, m, y, y_offset, y_width, accumulate)?);
+                main_accumulates = true;
+            }
+            None => {}
         }
         let args = MatmulArgs {
             x,
@@ -422,9 +439,18 @@ impl Model {
             y_stride: y_width,
             accumulate: main_accumulates,
             gated: false,
+            lora: folded.as_ref().map(|(u, l2, rank)| LoraEpilogue { u, u_stride: *rank, u_offset: 0, up: &l2.blocks[0].buffer, up_row0: 0, rank: *rank, member_rows: l.weight.rows }),
         };
         d.extend(matmul(ctx, &args, MatmulShape::Auto)?);
         Ok(d)
+    }
+
+    /// The down half of a folded LoRA: `u = x·L1ᵀ` into a new [m, L1 rows]
+    /// buffer (every member's L1 rows stacked, for a group).
+    fn lora_down(&self, l1: &GpuMatrix, x: &wgpu::Buffer, x_offset: usize, m: usize) -> Result<(Vec<Dispatch>, wgpu::Buffer), ModelError> {
+        let u = self.ctx.activations("lora u", (m * l1.rows * 4) as u64);
+        let args = MatmulArgs { x, x_offset, x_stride: l1.cols, m, weight: l1, bias: None, scale: None, y: &u, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false, lora: None };
+        Ok((matmul(&self.ctx, &args, MatmulShape::Auto)?, u))
     }
 
     /// Dispatches of `y[y_offset..] (+)= s ⊙ ((x·L1ᵀ)·L2ᵀ)`: a LoRA path, through a temporary.
@@ -441,24 +467,42 @@ impl Model {
         y_width: usize,
         accumulate: bool,
     ) -> Result<Vec<Dispatch>, ModelError> {
-        let ctx = &self.ctx;
-        let tmp = ctx.activations("lora", (m * l1.rows * 4) as u64);
-        let a1 = MatmulArgs { x, x_offset, x_stride: l1.cols, m, weight: l1, bias: None, scale: None, y: &tmp, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false };
-        let a2 = MatmulArgs { x: &tmp, x_offset: 0, x_stride: l1.rows, m, weight: l2, bias: None, scale, y, y_offset, y_stride: y_width, accumulate, gated: false };
-        let mut d = matmul(ctx, &a1, MatmulShape::Auto)?;
-        d.extend(matmul(ctx, &a2, MatmulShape::Auto)?);
+        let (mut d, tmp) = self.lora_down(l1, x, x_offset, m)?;
+        let a2 = MatmulArgs { x: &tmp, x_offset: 0, x_stride: l1.rows, m, weight: l2, bias: None, scale, y, y_offset, y_stride: y_width, accumulate, gated: false, lora: None };
+        d.extend(matmul(&self.ctx, &a2, MatmulShape::Auto)?);
         Ok(d)
     }
 
     /// Dispatches of `y[t, :] = group(x[t, :])` for `m` rows of x: member
     /// i's outputs at columns `i·member_rows ..` of y rows `group.width()`
-    /// wide. One matmul where the weights are fused (a member's LoRA writes
-    /// its slice first and the fused product adds on top). Without
-    /// `adapted`, members get their scale only: no bias, no LoRA (the prefix
-    /// keys and values, spec §2.3 step 5).
+    /// wide. One matmul where the weights are fused; a stacked LoRA adds one
+    /// matmul before it (u = x·L1ᵀ for every member) and its L2 rides in the
+    /// epilogue; a member's own LoRA writes its slice first and the product
+    /// adds on top. Without `adapted`, members get their scale only: no
+    /// bias, no LoRA (the prefix keys and values, spec §2.3 step 5).
     pub(crate) fn linear_group(&self, g: &LinearGroup, x: &wgpu::Buffer, m: usize, y: &wgpu::Buffer, adapted: bool) -> Result<Vec<Dispatch>, ModelError> {
         let width = g.width();
         let mut d = Vec::new();
+        let stacked = match (adapted, &g.stacked_lora) {
+            (true, Some((l1, l2))) => {
+                let (down, u) = self.lora_down(l1, x, 0, m)?;
+                d.extend(down);
+                Some((u, l1.rows, l2))
+            }
+            _ => None,
+        };
+        // Member i's share of the stacked LoRA, for weights whose row 0 is member `first`'s.
+        let epilogue = |first: usize| {
+            stacked.as_ref().map(|(u, u_stride, l2)| LoraEpilogue {
+                u,
+                u_stride: *u_stride,
+                u_offset: first * l2.cols,
+                up: &l2.blocks[0].buffer,
+                up_row0: first * g.member_rows,
+                rank: l2.cols,
+                member_rows: g.member_rows,
+            })
+        };
         match &g.weights {
             GroupWeights::Fused { weight, bias, scale } => {
                 let mut lora_written = false;
@@ -471,16 +515,50 @@ impl Model {
                 if lora_written && g.members.iter().any(|p| p.lora.is_none()) {
                     return Err(ModelError::BadInput("LoRA on only some members of a fused group".into()));
                 }
-                let fused = Linear { weight, bias: if adapted { bias.as_ref() } else { None }, scale: scale.as_ref(), lora: None };
-                d.extend(self.linear_at(&fused, x, 0, m, y, 0, width, lora_written)?);
+                let args = MatmulArgs {
+                    x,
+                    x_offset: 0,
+                    x_stride: weight.cols,
+                    m,
+                    weight,
+                    bias: if adapted { bias.as_ref() } else { None },
+                    scale: scale.as_ref(),
+                    y,
+                    y_offset: 0,
+                    y_stride: width,
+                    accumulate: lora_written,
+                    gated: false,
+                    lora: epilogue(0),
+                };
+                d.extend(matmul(&self.ctx, &args, MatmulShape::Auto)?);
             }
             GroupWeights::Separate(weights) => {
                 for (i, (weight, p)) in weights.iter().zip(&g.members).enumerate() {
+                    let member_lora = if adapted { p.lora.as_ref() } else { None };
+                    if stacked.is_some() {
+                        let args = MatmulArgs {
+                            x,
+                            x_offset: 0,
+                            x_stride: weight.cols,
+                            m,
+                            weight,
+                            bias: p.bias.as_ref(),
+                            scale: p.scale.as_ref(),
+                            y,
+                            y_offset: i * g.member_rows,
+                            y_stride: width,
+                            accumulate: false,
+                            gated: false,
+                            lora: epilogue(i),
+                        };
+                        d.extend(matmul(&self.ctx, &args, MatmulShape::Auto)?);
+                        continue;
+                    }
                     let l = Linear {
                         weight,
                         bias: if adapted { p.bias.as_ref() } else { None },
                         scale: p.scale.as_ref(),
-                        lora: if adapted { p.lora.as_ref().map(|(a, b)| (a, b)) } else { None },
+                        lora: member_lora.map(|(a, b)| (a, b)),
                     };
                     d.extend(self.linear_at(&l, x, 0, m, y, i * g.member_rows, width, false)?);
                 }
@@ -494,7 +572,17 @@ impl Model {
     /// shape has the epilogue; else the group into `scratch` ([m, 2·ffn])
     /// and a SiLU-gate over its halves.
     pub(crate) fn ffn_gate(&self, g: &LinearGroup, x: &wgpu::Buffer, m: usize, gated: &wgpu::Buffer, scratch: &wgpu::Buffer) -> Result<Vec<Dispatch>, ModelError> {
-        if let (GroupWeights::Fused { weight, bias, scale }, false, true) = (&g.weights, g.has_lora(), gated_supported(&self.ctx, m)) {
+        let member_lora = g.members.iter().any(|p| p.lora.is_some());
+        if let (GroupWeights::Fused { weight, bias, scale }, false, true) = (&g.weights, member_lora, gated_supported(&self.ctx, m)) {
+            let mut d = Vec::new();
+            let stacked = match &g.stacked_lora {
+                Some((l1, l2)) => {
+                    let (down, u) = self.lora_down(l1, x, 0, m)?;
+                    d.extend(down);
+                    Some((u, l1.rows, l2))
+                }
+                None => None,
+            };
             let args = MatmulArgs {
                 x,
                 x_offset: 0,
@@ -508,8 +596,18 @@ impl Model {
                 y_stride: g.member_rows,
                 accumulate: false,
                 gated: true,
+                lora: stacked.as_ref().map(|(u, u_stride, l2)| LoraEpilogue {
+                    u,
+                    u_stride: *u_stride,
+                    u_offset: 0,
+                    up: &l2.blocks[0].buffer,
+                    up_row0: 0,
+                    rank: l2.cols,
+                    member_rows: g.member_rows,
+                }),
             };
-            return Ok(matmul(&self.ctx, &args, MatmulShape::Auto)?);
+            d.extend(matmul(&self.ctx, &args, MatmulShape::Auto)?);
+            return Ok(d);
         }
         let mut d = self.linear_group(g, x, m, scratch, true)?;
         d.push(crate::kernels::elementwise::silu_gate_halves(&self.ctx, scratch, m, g.member_rows, gated)?);

@@ -425,7 +425,8 @@ impl Engine {
                 Some((b, fusions)) => Some(PackageUpload::allocate(ctx, b, &base_host_names(), fusions).await.map_err(|e| inner.fail(&e.into()))?),
                 None => None,
             };
-            let adapter_upload = PackageUpload::allocate(ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), &[]).await.map_err(|e| inner.fail(&e.into()))?;
+            let adapter_fusions = crate::model::layers::adapter_fusions(ctx, &adapter_plan.package.manifest, &adapter_plan.config);
+            let adapter_upload = PackageUpload::allocate(ctx, &adapter_plan.package, &adapter_host_names(&adapter_plan.config), &adapter_fusions).await.map_err(|e| inner.fail(&e.into()))?;
             let mut state = inner.state.borrow_mut();
             let p = state.pending.as_mut().ok_or_else(|| js_error("aborted", "the load was cancelled"))?;
             p.base_upload = base_upload;

@@ -67,9 +67,10 @@ test('LoRA fixture: the native token ids', async () => {
 test('profile(): every dispatch of a decode step timed, bad options refused, the outputs unchanged', async () => {
   const config = await page.evaluate(() => T.models.get('lora').info.config);
   const kernels = await call(page, 'profile', 'lora', { imageName: 'kafka', position: 20, reps: 2 });
-  // Per layer 8 dispatches, LoRA 2 per linear (7) and a separate SiLU-gate;
-  // then embedding, final norm and head (the plan's argmax is not a forward dispatch).
-  const perLayer = 8 + (config.adapter.w_lora ? 15 : 0);
+  // Per layer 8 dispatches, LoRA one u = x·L1ᵀ matmul before each of the 4
+  // matmuls (L2 is in their epilogue); then embedding, final norm and head
+  // (the plan's argmax is not a forward dispatch).
+  const perLayer = 8 + (config.adapter.w_lora ? 4 : 0);
   assert.equal(kernels.reduce((s, k) => s + k.dispatches, 0), perLayer * config.llama.n_layers + 3, JSON.stringify(kernels));
   assert.ok(kernels.every((k) => Number.isFinite(k.ms) && k.ms >= 0 && k.label.includes('/') && k.workgroups.length === 3), JSON.stringify(kernels));
   const bad = await attempt(page, 'profile', 'lora', { tokens: 1.5 });
