@@ -12,6 +12,9 @@
 //   (causal = 0, prefix_len = 0, q/k/v read from one fused qkv buffer through
 //   offsets and strides) all use this kernel.
 //
+// Decode (one query row) on a GPU with many cores splits the keys instead
+// (`attention_split`, then `attention_combine`): see the note above them.
+//
 // Keys are consumed in chunks of 128 (two per invocation) with an online
 // softmax (running max and sum, rescaled accumulators), so any context length
 // fits in 7 KiB of workgroup memory. Every load is a 16-byte vec4 (CPU-backed
@@ -40,6 +43,10 @@ struct Params {
     out_stride: u32,
     scale: f32,       // 1/sqrt(head_dim)
     new_gate: f32,    // 1.0 when the checkpoint has no new_gate
+    splits: u32,      // split-K: key splits of SPLIT_KEYS (the prefix takes one slot more)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -50,6 +57,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> prefix_values: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> gate: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<vec4<f32>>;
+// split-K only: per head, splits + 1 slots of head_dim/4 + 1 vec4s (see attention_split).
+@group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 const CHUNK: u32 = 128u;
@@ -143,14 +152,34 @@ struct Out4 {
     o3: vec4<f32>,
 }
 
+// An online softmax's state: the outputs before dividing by the sum, the
+// running max and the running sum of exp(score - max), per query.
+struct Attended {
+    o: Out4,
+    m: vec4<f32>,
+    l: vec4<f32>,
+}
+
 // softmax(q·Kᵀ)·V over keys 0 .. n_keys[r] of `src` for each query r.
 fn attend(lid: u32, src: u32, n_keys: vec4<u32>, h: u32) -> Out4 {
+    return normalised(attend_from(lid, src, 0u, n_keys, h));
+}
+
+// A query with no keys (sum 0) gets zeros.
+fn normalised(a: Attended) -> Out4 {
+    let inv = select(vec4<f32>(0.0), 1.0 / a.l, a.l > vec4<f32>(0.0));
+    return Out4(a.o.o0 * inv.x, a.o.o1 * inv.y, a.o.o2 * inv.z, a.o.o3 * inv.w);
+}
+
+// The online softmax over keys first .. n_keys[r] of `src`, not yet divided
+// by its sum.
+fn attend_from(lid: u32, src: u32, first: u32, n_keys: vec4<u32>, h: u32) -> Attended {
     let d4 = params.head_dim / 4u;
     let most = max(max(n_keys.x, n_keys.y), max(n_keys.z, n_keys.w));
     var m_run = vec4<f32>(NEG_BIG);
     var l_run = vec4<f32>(0.0);
     var o = Out4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var base = 0u; base < most; base += CHUNK) {
+    for (var base = first; base < most; base += CHUNK) {
         let j0 = base + lid;
         let j1 = base + WG + lid;
         let in0 = vec4<u32>(j0) < n_keys;
@@ -187,9 +216,7 @@ fn attend(lid: u32, src: u32, n_keys: vec4<u32>, h: u32) -> Out4 {
         m_run = m_new;
         workgroupBarrier();  // p_sh is rewritten by the next chunk
     }
-    // A query with no keys (n_keys 0) gets zeros.
-    let inv = select(vec4<f32>(0.0), 1.0 / l_run, l_run > vec4<f32>(0.0));
-    return Out4(o.o0 * inv.x, o.o1 * inv.y, o.o2 * inv.z, o.o3 * inv.w);
+    return Attended(o, m_run, l_run);
 }
 
 @compute @workgroup_size(64)
@@ -226,5 +253,73 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
                 out[row4(params.out_offset, params.out_stride, i0 + r, h) + lid] = outs[r];
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Split-K decode: one query row, the cache's keys cut into splits of
+// SPLIT_KEYS, one workgroup per (head, split), so a long context spreads over
+// many workgroups instead of running on one per head. Grid: (n_heads,
+// splits + 1); slot `splits` of each head holds the gated prefix branch.
+// Each slot of `partials` is head_dim/4 vec4s of outputs (not yet divided by
+// the sum; the prefix slot's final) and one vec4 (max, sum, 0, 0).
+// `attention_combine` (grid: n_heads) then merges a head's slots:
+//   M = max m_s,  L = Σ l_s·exp(m_s − M),  out = Σ o_s·exp(m_s − M) / L + prefix.
+// The split count comes from the context length, not the position, so a
+// decode plan's grid never changes; splits past the keys stay empty (sum 0).
+
+const SPLIT_KEYS: u32 = 128u;
+
+fn slot4(h: u32, s: u32) -> u32 {
+    return (h * (params.splits + 1u) + s) * (params.head_dim / 4u + 1u);
+}
+
+@compute @workgroup_size(64)
+fn attention_split(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.x;
+    let s = wid.y;
+    let d4 = params.head_dim / 4u;
+    if (lid < d4) {
+        q_sh[lid] = q[row4(params.q_offset, params.q_stride, 0u, h) + lid];
+    }
+    workgroupBarrier();
+    let slot = slot4(h, s);
+    if (s == params.splits) {
+        var o = vec4<f32>(0.0);
+        if (params.prefix_len > 0u) {
+            var g = params.new_gate;
+            if (params.use_gate != 0u) { g = g * tanh(clamp(gate[h], -15.0, 15.0)); }
+            o = g * attend(lid, SRC_PREFIX, vec4<u32>(params.prefix_len, 0u, 0u, 0u), h).o0;
+        }
+        if (lid < d4) { partials[slot + lid] = o; }
+        return;
+    }
+    let first = s * SPLIT_KEYS;
+    let end = min(params.kv_len, first + SPLIT_KEYS);
+    // An empty split (first >= end) runs no chunk: max NEG_BIG, sum 0, outputs 0.
+    let a = attend_from(lid, SRC_CACHE, first, vec4<u32>(end, 0u, 0u, 0u), h);
+    if (lid < d4) { partials[slot + lid] = a.o.o0; }
+    if (lid == 0u) { partials[slot + d4] = vec4<f32>(a.m.x, a.l.x, 0.0, 0.0); }
+}
+
+@compute @workgroup_size(64)
+fn attention_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h = wid.x;
+    let d4 = params.head_dim / 4u;
+    var m = NEG_BIG;
+    for (var s = 0u; s < params.splits; s++) {
+        m = max(m, partials[slot4(h, s) + d4].x);
+    }
+    var l = 0.0;
+    var o = vec4<f32>(0.0);
+    for (var s = 0u; s < params.splits; s++) {
+        let ml = partials[slot4(h, s) + d4];
+        let w = exp(ml.x - m);
+        l += ml.y * w;
+        if (lid < d4) { o += w * partials[slot4(h, s) + lid]; }
+    }
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    if (lid < d4) {
+        out[row4(params.out_offset, params.out_stride, 0u, h) + lid] = o * inv + partials[slot4(h, params.splits) + lid];
     }
 }

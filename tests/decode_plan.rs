@@ -22,11 +22,15 @@ const FIX: &str = "tests/fixtures/tiny";
 /// The tiny fixture with `adapter`, converted into a folder of this test's own
 /// (`tag`: tests run in parallel and must not share one).
 fn model(tag: &str, adapter: &str, quant: QuantFormat) -> Model {
+    model_on(tag, adapter, quant, gpu_shared())
+}
+
+fn model_on(tag: &str, adapter: &str, quant: QuantFormat, ctx: llama_adapter_web::gpu::GpuContext) -> Model {
     let out: PathBuf = std::env::temp_dir().join(format!("la-plan-{}-{tag}-{adapter}-{}", std::process::id(), quant.name()));
     let _ = std::fs::remove_dir_all(&out);
     let opts = ConvertOptions { quant, v_num_heads: Some(2), channel_order: ChannelOrder::Rgb, ..Default::default() };
     convert(&Path::new(FIX).join("llama"), &Path::new(FIX).join("clip.pth"), &Path::new(FIX).join(format!("adapter_{adapter}.pth")), &out, &opts).unwrap();
-    Model::load_dirs(Rc::new(gpu_shared()), &out.join("base"), &out.join("adapter")).unwrap()
+    Model::load_dirs(Rc::new(ctx), &out.join("base"), &out.join("adapter")).unwrap()
 }
 
 fn picture(size: usize) -> Vec<f32> {
@@ -85,6 +89,43 @@ fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
         // before each of the four matmuls, which apply L2 in their epilogue.
         let lora = if model.config.adapter.w_lora { 4 } else { 0 };
         assert_eq!(plan.dispatches_per_step(), (8 + lora) * layers + 4, "{adapter}: dispatches per step");
+    }
+}
+
+/// With a real GPU's kernel shapes (GEMV, and decode attention split over
+/// the keys: the tiny model's 512-key context makes 4 splits, plus the
+/// prefix's), the plan decodes the forward path's tokens, across a split
+/// boundary, and takes one more dispatch per layer (the combine).
+#[test]
+fn decode_plan_with_gpu_shapes_splits_attention_and_matches_the_forward_path() {
+    for adapter in ["lora", "bias"] {
+        let model = model_on("gpu-shapes", adapter, QuantFormat::Q4, common::gpu_with_gpu_kernel_shapes());
+        let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
+        let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+        let out = model.forward(&prompt, 0, &prefixes, false).unwrap();
+        let first = model.argmax_token_blocking(&out).unwrap();
+        // Start just before the first split boundary (128 keys) and cross it.
+        let start = 120;
+        assert!(prompt.len() < start);
+        let filler = model.forward(&vec![first; start - prompt.len()], prompt.len(), &prefixes, false).unwrap();
+        let first = model.argmax_token_blocking(&filler).unwrap();
+        let steps = 16;
+        let mut want = vec![first];
+        for i in 0..steps {
+            let out = model.forward(&[*want.last().unwrap()], start + i, &prefixes, false).unwrap();
+            want.push(model.argmax_token_blocking(&out).unwrap());
+        }
+        let mut plan = DecodePlan::new(&model, &prefixes).unwrap();
+        let mut got = vec![first];
+        for i in 0..steps {
+            plan.submit(&model, *got.last().unwrap(), start + i, Pick::Greedy).unwrap();
+            got.push(token(pollster::block_on(plan.finish(&model)).unwrap()));
+        }
+        assert_eq!(got, want, "{adapter}: the plan decodes other tokens than the forward path");
+        let layers = model.config.llama.n_layers;
+        let lora = if model.config.adapter.w_lora { 4 } else { 0 };
+        assert_eq!(plan.dispatches_per_step(), (9 + lora) * layers + 4, "{adapter}: dispatches per step with split-K attention");
+        assert_eq!(plan.moving_blocks(), 2 * layers, "{adapter}: moving parameter blocks");
     }
 }
 

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{assert_close, gpu, read_f32, run};
-use llama_adapter_web::kernels::attention::{bidirectional_attention, decoder_attention, DecoderAttention, Prefix, Rows};
+use llama_adapter_web::kernels::attention::{bidirectional_attention, decoder_attention, decoder_attention_split, split_partials_len, DecoderAttention, Prefix, Rows, Split, SPLIT_KEYS};
 use llama_adapter_web::reference;
 use llama_adapter_web::util::Rng;
 
@@ -23,7 +23,19 @@ struct Case {
     capacity: usize,
 }
 
+/// How the decoder attention runs: one pass, or split-K over the keys
+/// (one query row) with splits for `capacity` keys.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Pass {
+    Single,
+    SplitK,
+}
+
 fn check_decoder(c: &Case, seed: u64) {
+    check_decoder_pass(c, seed, Pass::Single);
+}
+
+fn check_decoder_pass(c: &Case, seed: u64, pass: Pass) {
     let ctx = gpu();
     let mut rng = Rng::new(seed);
     let width = c.n_heads * c.head_dim;
@@ -56,7 +68,17 @@ fn check_decoder(c: &Case, seed: u64) {
         head_dim: c.head_dim,
         start_pos: c.start_pos,
     };
-    run(ctx, &[decoder_attention(ctx, &args).unwrap()]);
+    match pass {
+        Pass::Single => run(ctx, &[decoder_attention(ctx, &args).unwrap()]),
+        Pass::SplitK => {
+            // Partials start as NaN: every slot the combine reads must be written.
+            let partials = ctx.upload("partials", &vec![f32::NAN; split_partials_len(c.n_heads, c.head_dim, c.capacity)]);
+            let d = decoder_attention_split(ctx, &args, Split { partials: &partials, max_keys: c.capacity }).unwrap();
+            assert_eq!(d.len(), 2, "a split pass and a combine");
+            assert_eq!(d[0].workgroups, [c.n_heads as u32, c.capacity.div_ceil(SPLIT_KEYS) as u32 + 1, 1], "one workgroup per head and split, plus the prefix's");
+            run(ctx, &d);
+        }
+    }
     let got = read_f32(ctx, &out, c.n_queries * width);
     let want = reference::attention::decoder_attention(
         &q,
@@ -68,7 +90,7 @@ fn check_decoder(c: &Case, seed: u64) {
         c.head_dim,
         c.start_pos,
     );
-    let what = format!("decoder attention S={} H={} d={} start={} P={}", c.n_queries, c.n_heads, c.head_dim, c.start_pos, c.prefix_len);
+    let what = format!("decoder attention {pass:?} S={} H={} d={} start={} P={} capacity={}", c.n_queries, c.n_heads, c.head_dim, c.start_pos, c.prefix_len, c.capacity);
     assert_close(&what, &got, &want, |_| 2e-5 * 4.5);
 }
 
@@ -87,6 +109,41 @@ fn decoder_decode_steps() {
     for (i, &(start, p, new_gate)) in [(0, 10, 1.0), (5, 10, 0.5), (127, 1, 1.0), (128, 20, -0.7), (299, 10, 1.0)].iter().enumerate() {
         check_decoder(&Case { n_queries: 1, n_heads: 32, head_dim: 128, start_pos: start, prefix_len: p, new_gate, capacity: 512 }, 50 + i as u64);
     }
+}
+
+/// Split-K decode (the shape real GPUs take): keys in one split, exactly
+/// one, across a split boundary, many splits (a 2048-key context, most
+/// splits empty or full), with and without a prefix, small heads; and a
+/// capacity below one split.
+#[test]
+fn decoder_decode_split_k() {
+    let cases = [
+        (0, 10, 1.0, 32, 128, 512),
+        (127, 1, 1.0, 8, 128, 512),
+        (128, 20, -0.7, 8, 128, 512),
+        (300, 0, 1.0, 4, 64, 512),
+        (1999, 10, 0.5, 4, 128, 2048),
+        (200, 3, 1.0, 16, 48, 256),
+        (2, 3, 1.0, 2, 8, 3),
+    ];
+    for (i, &(start, p, new_gate, n_heads, head_dim, capacity)) in cases.iter().enumerate() {
+        let case = Case { n_queries: 1, n_heads, head_dim, start_pos: start, prefix_len: p, new_gate, capacity };
+        check_decoder_pass(&case, 300 + i as u64, Pass::SplitK);
+    }
+}
+
+/// Split-K takes one query row over at most its capacity of keys.
+#[test]
+fn decoder_split_k_refusals() {
+    let ctx = gpu();
+    let buf = ctx.upload("x", &vec![0f32; 64 * 1024]);
+    let rows = Rows { buffer: &buf, offset: 0, stride: 64 };
+    let partials = ctx.upload("partials", &vec![0f32; split_partials_len(2, 32, 256)]);
+    let args = |n_queries, start_pos| DecoderAttention { q: rows, keys: rows, values: rows, prefix: None, out: rows, n_queries, n_heads: 2, head_dim: 32, start_pos };
+    assert!(decoder_attention_split(ctx, &args(2, 0), Split { partials: &partials, max_keys: 256 }).is_err(), "two query rows");
+    assert!(decoder_attention_split(ctx, &args(1, 256), Split { partials: &partials, max_keys: 256 }).is_err(), "257 keys over a capacity of 256");
+    assert!(decoder_attention_split(ctx, &args(1, 255), Split { partials: &partials, max_keys: 512 }).is_err(), "partials too small for 512 keys");
+    assert!(decoder_attention_split(ctx, &args(1, 255), Split { partials: &partials, max_keys: 256 }).is_ok());
 }
 
 #[test]

@@ -225,6 +225,7 @@ pub struct GpuContext {
     dummy: wgpu::Buffer,
     /// A zeroed uniform window, bound where a kernel reads x from storage instead.
     dummy_window: wgpu::Buffer,
+    dummy_writable: wgpu::Buffer,
     /// Required alignment of a uniform binding's offset.
     pub uniform_offset_alignment: u64,
     /// The adapter runs on the CPU (lavapipe, SwiftShader) and the options
@@ -343,6 +344,14 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        // A writable binding must not alias any other binding of a dispatch
+        // (WebGPU), so an unused read-write slot gets a buffer of its own.
+        let dummy_writable = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy writable"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let dummy_window = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy window"),
             size: UNIFORM_WINDOW_BYTES,
@@ -359,6 +368,7 @@ impl GpuContext {
             fault,
             dummy,
             dummy_window,
+            dummy_writable,
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment as u64,
             cpu_kernel_shapes,
             counts: RefCell::new(ObjectCounts::default()),
@@ -382,6 +392,12 @@ impl GpuContext {
     /// A small zeroed storage buffer for optional inputs that are absent.
     pub fn dummy(&self) -> &wgpu::Buffer {
         &self.dummy
+    }
+
+    /// A small storage buffer for an unused read-write binding (never bound
+    /// read-only, so it cannot alias another binding).
+    pub fn dummy_writable(&self) -> &wgpu::Buffer {
+        &self.dummy_writable
     }
 
     /// A zeroed [`UNIFORM_WINDOW_BYTES`] uniform buffer.

@@ -7,7 +7,9 @@ use crate::gpu::{Dispatch, GpuContext, GpuError, Slot, MAX_GRID_DIM};
 use super::{require, to_u32};
 
 const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
-const SLOTS: [Slot; 8] = [
+/// params, q, keys, values, prefix keys, prefix values, gate, out, and the
+/// split-K partials (a dummy where there are none).
+const SLOTS: [Slot; 9] = [
     Slot::Uniform,
     Slot::Read,
     Slot::Read,
@@ -16,7 +18,11 @@ const SLOTS: [Slot; 8] = [
     Slot::Read,
     Slot::Read,
     Slot::ReadWrite,
+    Slot::ReadWrite,
 ];
+
+/// Keys per split of the split-K decode (one 128-key chunk; must match the shader).
+pub const SPLIT_KEYS: usize = 128;
 
 /// Largest head dimension the kernel handles (four output dims per invocation).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -47,6 +53,8 @@ struct Params {
     out_stride: u32,
     scale: f32,
     new_gate: f32,
+    splits: u32,
+    _pad: [u32; 3],
 }
 
 /// A matrix of rows inside a buffer: row `i` starts at element `offset + i·stride`.
@@ -103,7 +111,8 @@ fn build(
     start_pos: usize,
     kv_len: usize,
     causal: bool,
-) -> Result<Dispatch, GpuError> {
+    split: Option<Split>,
+) -> Result<Vec<Dispatch>, GpuError> {
     if head_dim == 0 || head_dim > MAX_HEAD_DIM {
         return Err(GpuError::InvalidArgument(format!("attention: head_dim {head_dim} not in 1..={MAX_HEAD_DIM}")));
     }
@@ -143,7 +152,16 @@ fn build(
     };
     // Several query rows per workgroup share every key and value load.
     let queries = if n_queries > 1 { QUERIES_PER_WORKGROUP } else { 1 };
-    let kernel = ctx.kernel("attention", SOURCE, "attention", &SLOTS, &[("QUERIES", queries as f64)])?;
+    let splits = match &split {
+        Some(sp) => {
+            if n_queries != 1 || kv_len > sp.max_keys {
+                return Err(GpuError::InvalidArgument(format!("split-K attention: one query row over at most {} keys (got {n_queries} rows, {kv_len} keys)", sp.max_keys)));
+            }
+            require(sp.partials, split_partials_len(n_heads, head_dim, sp.max_keys) as u64, "attention partials")?;
+            sp.max_keys.div_ceil(SPLIT_KEYS).max(1)
+        }
+        None => 0,
+    };
     let params = Params {
         n_queries: to_u32(n_queries, "n_queries")?,
         n_heads: to_u32(n_heads, "n_heads")?,
@@ -165,17 +183,55 @@ fn build(
         out_stride: to_u32(out.stride, "out stride")?,
         scale: 1.0 / (head_dim as f32).sqrt(),
         new_gate,
+        splits: to_u32(splits, "splits")?,
+        _pad: [0; 3],
     };
-    let uniform = ctx.uniform("attention params", &params);
-    Ok(ctx.dispatch(
-        &kernel,
-        uniform, &[q.buffer, keys.buffer, values.buffer, p_keys.buffer, p_values.buffer, gate, out.buffer],
-        [n_heads as u32, n_queries.max(1).div_ceil(queries) as u32, 1],
-    ))
+    let partials = split.as_ref().map_or(ctx.dummy_writable(), |sp| sp.partials);
+    let buffers = [q.buffer, keys.buffer, values.buffer, p_keys.buffer, p_values.buffer, gate, out.buffer, partials];
+    if split.is_none() {
+        let kernel = ctx.kernel("attention", SOURCE, "attention", &SLOTS, &[("QUERIES", queries as f64)])?;
+        let uniform = ctx.uniform("attention params", &params);
+        return Ok(vec![ctx.dispatch(&kernel, uniform, &buffers, [n_heads as u32, n_queries.max(1).div_ceil(queries) as u32, 1])]);
+    }
+    // Both dispatches read the same parameters (the key count moves with a
+    // decode plan's position in the first one only).
+    let split_kernel = ctx.kernel("attention", SOURCE, "attention_split", &SLOTS, &[])?;
+    let combine_kernel = ctx.kernel("attention", SOURCE, "attention_combine", &SLOTS, &[])?;
+    Ok(vec![
+        ctx.dispatch(&split_kernel, ctx.uniform("attention params", &params), &buffers, [n_heads as u32, splits as u32 + 1, 1]),
+        ctx.dispatch(&combine_kernel, ctx.uniform("attention combine params", &Params { kv_len: 0, start_pos: 0, ..params }), &buffers, [n_heads as u32, 1, 1]),
+    ])
+}
+
+/// Where a split-K decode attention keeps its per-split results, and the
+/// most keys it will see (the context length: the split count, and so the
+/// grid, must not change with the position).
+pub struct Split<'a> {
+    pub partials: &'a wgpu::Buffer,
+    pub max_keys: usize,
+}
+
+/// f32 elements of a split-K attention's partials: per head, one slot per
+/// split plus the prefix's, each head_dim outputs and a (max, sum) vec4.
+pub fn split_partials_len(n_heads: usize, head_dim: usize, max_keys: usize) -> usize {
+    n_heads * (max_keys.div_ceil(SPLIT_KEYS).max(1) + 1) * (head_dim + 4)
 }
 
 /// Causal attention over the KV cache plus the gated prefix.
 pub fn decoder_attention(ctx: &GpuContext, a: &DecoderAttention) -> Result<Dispatch, GpuError> {
+    let mut d = decoder_attention_dispatches(ctx, a, None)?;
+    Ok(d.remove(0))
+}
+
+/// Decode attention split over the keys (one query row): an `attention_split`
+/// dispatch per (head, split of [`SPLIT_KEYS`] keys, plus the prefix) and an
+/// `attention_combine` per head. For GPUs with many cores, where one
+/// workgroup per head would leave most of them idle over a long context.
+pub fn decoder_attention_split(ctx: &GpuContext, a: &DecoderAttention, split: Split) -> Result<Vec<Dispatch>, GpuError> {
+    decoder_attention_dispatches(ctx, a, Some(split))
+}
+
+fn decoder_attention_dispatches(ctx: &GpuContext, a: &DecoderAttention, split: Option<Split>) -> Result<Vec<Dispatch>, GpuError> {
     build(
         ctx,
         a.q,
@@ -189,6 +245,7 @@ pub fn decoder_attention(ctx: &GpuContext, a: &DecoderAttention) -> Result<Dispa
         a.start_pos,
         a.start_pos + a.n_queries,
         true,
+        split,
     )
 }
 
@@ -205,5 +262,5 @@ pub fn bidirectional_attention(
     n_heads: usize,
     head_dim: usize,
 ) -> Result<Dispatch, GpuError> {
-    build(ctx, q, keys, values, None, out, tokens, n_heads, head_dim, 0, tokens, false)
+    Ok(build(ctx, q, keys, values, None, out, tokens, n_heads, head_dim, 0, tokens, false, None)?.remove(0))
 }

@@ -19,7 +19,7 @@
 
 use crate::gpu::profile::{time_each_dispatch, KernelTime};
 use crate::gpu::Dispatch;
-use crate::kernels::attention::{decoder_attention, DecoderAttention, Prefix, Rows};
+use crate::kernels::attention::{decoder_attention, decoder_attention_split, split_partials_len, DecoderAttention, Prefix, Rows, Split, SPLIT_KEYS};
 use crate::kernels::elementwise;
 use crate::kernels::embedding::embedding;
 use crate::kernels::rmsnorm::rmsnorm_at;
@@ -235,6 +235,12 @@ impl Model {
         let mut gated = ctx.activations("silu gate", (s * f * 4) as u64);
         let mut xn_ffn = xn.clone();
         let mut captured = Vec::new();
+        // Decode on a GPU splits attention over the keys (split-K, then a
+        // combine): one workgroup per head would leave most of its cores idle
+        // over a long context. CPU-backed adapters already fill their cores
+        // with the heads, and keep the single pass (8 dispatches per layer).
+        let split_attention = s == 1 && !ctx.cpu_kernel_shapes && cfg.max_seq_len > SPLIT_KEYS;
+        let partials = split_attention.then(|| ctx.activations("attention partials", (split_partials_len(cfg.n_heads, cfg.head_dim(), cfg.max_seq_len) * 4) as u64));
         let w = &self.decoder;
         d.extend(embedding(ctx, &w.tok_embeddings, &token_buf, s, &h, 0)?);
 
@@ -264,20 +270,21 @@ impl Model {
                 }),
                 None => None,
             };
-            d.push(decoder_attention(
-                ctx,
-                &DecoderAttention {
-                    q: Rows { buffer: &qkv, offset: 0, stride: 3 * dim },
-                    keys: Rows { buffer: &self.session.cache_k[l], offset: 0, stride: dim },
-                    values: Rows { buffer: &self.session.cache_v[l], offset: 0, stride: dim },
-                    prefix,
-                    out: Rows { buffer: &att, offset: 0, stride: dim },
-                    n_queries: s,
-                    n_heads: cfg.n_heads,
-                    head_dim,
-                    start_pos,
-                },
-            )?);
+            let attention = DecoderAttention {
+                q: Rows { buffer: &qkv, offset: 0, stride: 3 * dim },
+                keys: Rows { buffer: &self.session.cache_k[l], offset: 0, stride: dim },
+                values: Rows { buffer: &self.session.cache_v[l], offset: 0, stride: dim },
+                prefix,
+                out: Rows { buffer: &att, offset: 0, stride: dim },
+                n_queries: s,
+                n_heads: cfg.n_heads,
+                head_dim,
+                start_pos,
+            };
+            match &partials {
+                Some(partials) => d.extend(decoder_attention_split(ctx, &attention, Split { partials, max_keys: cfg.max_seq_len })?),
+                None => d.push(decoder_attention(ctx, &attention)?),
+            }
             d.extend(self.linear(&layer.wo.view(), &att, 0, s, &h, dim, true)?);
             d.push(rmsnorm_at(ctx, &h, 0, &layer.ffn_norm, &xn_ffn, 0, s, dim, cfg.norm_eps)?);
             d.extend(self.ffn_gate(&layer.w13, &xn_ffn, s, &gated, &a13)?);
