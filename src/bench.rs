@@ -409,7 +409,8 @@ pub fn bench_model(ctx: Rc<GpuContext>, shape: &BenchShape, prompt: usize, new_t
     let weight_bytes = layer_bytes + shape.quant.bytes(l.vocab_size, l.dim) + shape.quant.bytes(1, l.dim);
     // K and V of every cached position, at the middle of the decode run.
     let kv_bytes = (2 * l.n_layers * (prompt + new_tokens / 2) * l.dim * 4) as u64;
-    let s = prompt.max(1);
+    // The session's activations: one prefill chunk's rows at most.
+    let s = prompt.clamp(1, crate::model::decoder::PREFILL_CHUNK);
     let activation_bytes = (4 * (6 * s * l.dim + 3 * s * l.ffn_hidden + l.vocab_size)) as u64;
     Ok(ModelFigures {
         adapter: ctx.info.name.clone(),

@@ -198,3 +198,50 @@ fn the_profile_times_every_dispatch_of_a_decode_step_and_leaves_the_output_alone
     let context = model.config.llama.max_seq_len;
     assert!(pollster::block_on(model.profile_forward(2, context - 1, &prefixes, 1)).is_err());
 }
+
+/// A prompt longer than the prefill chunk runs in chunks through the
+/// session's activation buffers: the same logits as one pass (rows are
+/// computed independently of the rows beside them, so the same sums in the
+/// same order: allowed 1e-6 of the largest logit, measured 0), the same
+/// greedy answer, and after the first call a chunked forward makes no
+/// activation buffer but the last pass's hidden state and logits.
+#[test]
+fn chunked_prefill_matches_one_pass_and_reuses_the_session_buffers() {
+    for adapter in ["lora", "bias"] {
+        let model = model("chunks", adapter, QuantFormat::Q4);
+        let ctx = model.ctx.clone();
+        let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
+        let mut prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture? Describe it in detail, please.", None)).unwrap();
+        while prompt.len() < 70 {
+            prompt.extend_from_within(1..prompt.len().min(20));
+        }
+        let vocab = model.config.llama.vocab_size;
+        let logits = |chunk: usize| {
+            model.prefill_chunk.set(chunk);
+            let out = model.forward(&prompt, 0, &prefixes, false).unwrap();
+            (model.read_f32(&out.logits, vocab).unwrap(), model.argmax_token_blocking(&out).unwrap())
+        };
+        let (one_pass, token_one) = logits(1000);
+        for chunk in [16, 33, 69] {
+            let (chunked, token) = logits(chunk);
+            let scale = one_pass.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = one_pass.iter().zip(&chunked).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!("{adapter}: chunks of {chunk} vs one pass over {} rows: logits differ by {diff:e} (largest {scale})", prompt.len());
+            assert!(diff <= 1e-6 * scale, "{adapter}: chunks of {chunk} differ by {diff}");
+            assert_eq!(token, token_one, "{adapter}: chunks of {chunk}: another greedy token");
+            let before = ctx.object_counts();
+            model.forward(&prompt, 0, &prefixes, false).unwrap();
+            let after = ctx.object_counts();
+            assert_eq!(after.submits - before.submits, prompt.len().div_ceil(chunk) as u64, "{adapter}: one submit per chunk of {chunk}");
+            let made = after.activation_buffers - before.activation_buffers;
+            assert_eq!(made, 2, "{adapter}: chunks of {chunk}: {made} activation buffers made by one forward (the last pass's hidden state and logits expected)");
+        }
+        // Through generate too: the same answer in chunks as in one pass.
+        let opts = llama_adapter_web::model::generate::GenerateOptions { max_new_tokens: 5, temperature: 0.0, ..Default::default() };
+        model.prefill_chunk.set(1000);
+        let whole = model.generate_blocking(&prefixes, &prompt, &opts, &mut |_, _| true).unwrap().generated_ids;
+        model.prefill_chunk.set(16);
+        let chunked = model.generate_blocking(&prefixes, &prompt, &opts, &mut |_, _| true).unwrap().generated_ids;
+        assert_eq!(whole, chunked, "{adapter}: generate in chunks answers otherwise");
+    }
+}

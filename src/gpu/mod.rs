@@ -181,6 +181,8 @@ pub struct ObjectCounts {
     pub submits: u64,
     /// Compute pipelines compiled (cached by kernel, entry and constants).
     pub pipelines: u64,
+    /// Of `buffers`, those made by [`GpuContext::activations`].
+    pub activation_buffers: u64,
 }
 
 impl Dispatch {
@@ -569,6 +571,7 @@ impl GpuContext {
     /// which the CPU-adapter matmul reads far faster.
     pub fn activations(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.count_buffer();
+        self.counts.borrow_mut().activation_buffers += 1;
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             // A multiple of the offset alignment, so that a window can end

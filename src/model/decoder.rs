@@ -51,6 +51,32 @@ pub struct ImagePrefixes {
 
 static NEXT_PREFIXES_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Prompt rows per forward pass: a longer prompt runs in chunks of this many
+/// rows (each attending to the cache the chunks before it filled), so its
+/// activations stay within a fixed size (the session's [`Scratch`]) however
+/// long the context is.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// A forward pass's activations for up to `rows` rows, kept by the session
+/// and shared by every pass (prefill chunks, one-off forwards, the decode
+/// plan): they run one after another on the queue, and each writes every
+/// activation before reading it. Clones share the buffers.
+#[derive(Clone)]
+pub(crate) struct Scratch {
+    rows: usize,
+    h: wgpu::Buffer,
+    xn: wgpu::Buffer,
+    qkv: wgpu::Buffer,
+    att: wgpu::Buffer,
+    /// w1 | w3 outputs, where the gate is not in the matmul's epilogue.
+    a13: wgpu::Buffer,
+    gated: wgpu::Buffer,
+    /// LoRA's u = x·L1ᵀ ([rows, lora_width]), made when first needed.
+    lora_u: Option<(wgpu::Buffer, usize)>,
+    /// Split-K attention's partials, made when first needed.
+    partials: Option<wgpu::Buffer>,
+}
+
 /// What `forward` returns on the GPU.
 /// Inputs wider than this keep only the diagonal of x xᵀ (a full matrix of
 /// f64 for LLaMA-7B's 11008-wide FFN input would be 970 MB per layer).
@@ -133,11 +159,66 @@ impl Model {
 
     /// Runs the decoder over `tokens` at absolute positions `start_pos..`,
     /// filling the KV cache, and returns final hidden states and logits of
-    /// the last row, or of every row with `all_rows`.
+    /// the last row, or of every row with `all_rows`. A prompt longer than
+    /// [`PREFILL_CHUNK`] rows runs in chunks (one pass with every row where
+    /// `all_rows` asks for them all).
     pub fn forward(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, all_rows: bool) -> Result<ForwardOutput, ModelError> {
-        let (d, out) = self.forward_dispatches(tokens, start_pos, image, all_rows)?;
-        self.run(&d)?;
-        Ok(out)
+        self.forward_tail(tokens, start_pos, image, if all_rows { tokens.len() } else { 1 })
+    }
+
+    /// The session's activations for at least `rows` rows (made, or grown,
+    /// here; a pass never needs more than [`PREFILL_CHUNK`] rows unless it
+    /// asks for the logits of more).
+    pub(crate) fn scratch(&self, rows: usize) -> Scratch {
+        let cfg = &self.config.llama;
+        let mut kept = self.session.scratch.borrow_mut();
+        if let Some(s) = kept.as_ref().filter(|s| s.rows >= rows) {
+            return s.clone();
+        }
+        let rows = rows.max(PREFILL_CHUNK.min(cfg.max_seq_len));
+        let (dim, f) = (cfg.dim, cfg.ffn_hidden);
+        let make = |label: &str, cols: usize| self.ctx.activations(label, (rows * cols * 4) as u64);
+        let s = Scratch {
+            rows,
+            h: make("h", dim),
+            xn: make("xn", dim),
+            qkv: make("qkv", 3 * dim),
+            att: make("attn", dim),
+            a13: make("w1|w3", 2 * f),
+            gated: make("silu gate", f),
+            lora_u: None,
+            partials: None,
+        };
+        *kept = Some(s.clone());
+        s
+    }
+
+    /// A LoRA u buffer of `rows` × `width` (the session's, grown if needed).
+    pub(crate) fn lora_scratch(&self, rows: usize, width: usize) -> wgpu::Buffer {
+        let scratch = self.scratch(rows);
+        if let Some((u, w)) = &scratch.lora_u {
+            if *w >= width {
+                return u.clone();
+            }
+        }
+        let u = self.ctx.activations("lora u", (scratch.rows * width * 4) as u64);
+        if let Some(kept) = self.session.scratch.borrow_mut().as_mut() {
+            kept.lora_u = Some((u.clone(), width));
+        }
+        u
+    }
+
+    /// Split-K attention's partials (the session's, made once).
+    fn partials_scratch(&self) -> wgpu::Buffer {
+        let cfg = &self.config.llama;
+        if let Some(p) = self.scratch(1).partials {
+            return p;
+        }
+        let p = self.ctx.activations("attention partials", (split_partials_len(cfg.n_heads, cfg.head_dim(), cfg.max_seq_len) * 4) as u64);
+        if let Some(kept) = self.session.scratch.borrow_mut().as_mut() {
+            kept.partials = Some(p.clone());
+        }
+        p
     }
 
     /// The dispatches of [`Model::forward`], labelled by kernel, unsubmitted
@@ -199,7 +280,26 @@ impl Model {
     /// (forced decoding scores a continuation without paying the output
     /// head for every prompt row).
     pub fn forward_tail(&self, tokens: &[u32], start_pos: usize, image: &ImagePrefixes, rows: usize) -> Result<ForwardOutput, ModelError> {
-        let (d, out) = self.forward_dispatches_tail(tokens, start_pos, image, rows, false)?;
+        let cfg = &self.config.llama;
+        if start_pos + tokens.len() > cfg.max_seq_len {
+            return Err(ModelError::ContextOverflow { prompt: start_pos, new: tokens.len(), context: cfg.max_seq_len });
+        }
+        if rows == 0 {
+            return Err(ModelError::BadInput("logits for 0 rows".into()));
+        }
+        // The last pass holds the natural last chunk, or the rows asked for;
+        // the passes before it only fill the cache (no final norm or head).
+        let s = tokens.len();
+        let chunk = self.prefill_chunk.get().max(1);
+        let tail = if s == 0 { 0 } else { ((s - 1) % chunk + 1).max(rows).min(s) };
+        let mut first = 0;
+        while first + tail < s {
+            let n = chunk.min(s - tail - first);
+            let (d, _) = self.forward_dispatches_tail(&tokens[first..first + n], start_pos + first, image, 0, false)?;
+            self.run(&d)?;
+            first += n;
+        }
+        let (d, out) = self.forward_dispatches_tail(&tokens[first..], start_pos + first, image, rows, false)?;
         self.run(&d)?;
         Ok(out)
     }
@@ -226,13 +326,8 @@ impl Model {
         }
         let mut d: Vec<Dispatch> = Vec::new();
         let token_buf = ctx.upload("tokens", tokens);
-        let h = ctx.activations("h", (s * dim * 4) as u64);
-        let mut xn = ctx.activations("xn", (s * dim * 4) as u64);
-        let qkv = ctx.activations("qkv", (s * 3 * dim * 4) as u64);
-        let mut att = ctx.activations("attn", (s * dim * 4) as u64);
-        // w1 | w3 outputs, where the gate is not in the matmul's epilogue.
-        let a13 = ctx.activations("w1|w3", (s * 2 * f * 4) as u64);
-        let mut gated = ctx.activations("silu gate", (s * f * 4) as u64);
+        let scratch = self.scratch(s);
+        let (h, mut xn, qkv, mut att, a13, mut gated) = (scratch.h, scratch.xn, scratch.qkv, scratch.att, scratch.a13, scratch.gated);
         let mut xn_ffn = xn.clone();
         let mut captured = Vec::new();
         // Decode on a GPU splits attention over the keys (split-K, then a
@@ -240,7 +335,7 @@ impl Model {
         // over a long context. CPU-backed adapters already fill their cores
         // with the heads, and keep the single pass (8 dispatches per layer).
         let split_attention = s == 1 && !ctx.cpu_kernel_shapes && cfg.max_seq_len > SPLIT_KEYS;
-        let partials = split_attention.then(|| ctx.activations("attention partials", (split_partials_len(cfg.n_heads, cfg.head_dim(), cfg.max_seq_len) * 4) as u64));
+        let partials = split_attention.then(|| self.partials_scratch());
         let w = &self.decoder;
         d.extend(embedding(ctx, &w.tok_embeddings, &token_buf, s, &h, 0)?);
 
@@ -290,8 +385,13 @@ impl Model {
             d.extend(self.ffn_gate(&layer.w13, &xn_ffn, s, &gated, &a13)?);
             d.extend(self.linear(&layer.w2.view(), &gated, 0, s, &h, dim, true)?);
         }
-        if rows == 0 || rows > s {
+        if rows > s {
             return Err(ModelError::BadInput(format!("logits for {rows} rows of a {s}-token run")));
+        }
+        if rows == 0 {
+            // A prefill chunk before the last: its rows only fill the cache.
+            let none = ctx.dummy().clone();
+            return Ok((d, ForwardOutput { hidden: none.clone(), logits: none, rows: 0, tokens: token_buf, captured }));
         }
         let first = s - rows;
         let hidden = ctx.activations("final hidden", (rows * dim * 4) as u64);

@@ -205,7 +205,10 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
     let vision_rows = tokens + a.query_len as u64;
     let vision_width = (c.width.max(a.v_embed_dim) as u64).max(dim);
     let vision_hidden = (4 * c.width).max(a.v_mlp_hidden) as u64;
-    let prefill = 4 * (4 * ctx_len * dim + 3 * ctx_len * ffn + vocab);
+    // A prompt runs in chunks of at most PREFILL_CHUNK rows through the
+    // session's activations (h, xn, attn, qkv: 6·dim; w1|w3 and the gate: 3·ffn).
+    let rows = ctx_len.min(super::decoder::PREFILL_CHUNK as u64);
+    let prefill = 4 * (6 * rows * dim + 3 * rows * ffn + vocab);
     let vision = 4 * (vision_rows * (5 * vision_width + vision_hidden) + tokens * 3 * c.patch as u64 * c.patch as u64);
     let activation_bytes = prefill + vision + rope;
     let weight_bytes: u64 = packages.iter().map(|p| p.gpu_bytes()).sum();
@@ -216,7 +219,7 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
     let mut bindings: Vec<(u64, String, String)> =
         packages.iter().map(|p| p.largest_piece()).map(|(bytes, name)| (bytes, name, "convert with a smaller --quant format".to_string())).collect();
     bindings.push((kv_layer, "one layer's KV cache".into(), shorter_context.clone()));
-    bindings.push((4 * ctx_len * ffn, "the FFN activations of a full-context prefill".into(), shorter_context.clone()));
+    bindings.push((4 * 2 * rows * ffn, "the FFN activations of a prefill chunk".into(), shorter_context.clone()));
     bindings.push((rope, "the RoPE table".into(), shorter_context));
     bindings.push((4 * vision_rows * vision_hidden, "the vision MLP activations".into(), "this model's vision side is too wide for the device".into()));
     let (largest_binding, what, advice) = bindings.into_iter().max_by_key(|b| b.0).unwrap_or_default();

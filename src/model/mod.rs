@@ -150,6 +150,9 @@ pub struct Session {
     busy: std::cell::Cell<bool>,
     /// The decode plan of the last generation (reused while adapter and picture stay).
     plan: std::cell::RefCell<Option<plan::DecodePlan>>,
+    /// The forward passes' activation buffers, made once and reused by every
+    /// prefill chunk and by the decode plan (see [`decoder::Scratch`]).
+    pub(crate) scratch: std::cell::RefCell<Option<decoder::Scratch>>,
 }
 
 impl Session {
@@ -161,7 +164,14 @@ impl Session {
             cache_k.push(ctx.activations("cache k", cache_bytes));
             cache_v.push(ctx.activations("cache v", cache_bytes));
         }
-        Session { cache_k, cache_v, bytes: 2 * cache_bytes * llama.n_layers as u64, busy: std::cell::Cell::new(false), plan: Default::default() }
+        Session {
+            cache_k,
+            cache_v,
+            bytes: 2 * cache_bytes * llama.n_layers as u64,
+            busy: std::cell::Cell::new(false),
+            plan: Default::default(),
+            scratch: Default::default(),
+        }
     }
 
     /// The plan for this adapter and these prefixes: the kept one, or a new one.
@@ -207,6 +217,8 @@ pub struct Model {
     pub decoder: layers::DecoderWeights,
     /// Bytes of weights and caches on the GPU.
     pub gpu_bytes: u64,
+    /// Rows per prefill pass ([`decoder::PREFILL_CHUNK`]; tests set fewer).
+    pub prefill_chunk: std::cell::Cell<usize>,
 }
 
 /// Bytes of one package, handed over by whatever reads them (files, fetch, memory).
@@ -309,6 +321,7 @@ impl Model {
         Ok(Model {
             decoder,
             gpu_bytes: base.weights.bytes + adapter.weights.bytes + session.bytes,
+            prefill_chunk: std::cell::Cell::new(decoder::PREFILL_CHUNK),
             ctx,
             config,
             base,
@@ -448,7 +461,7 @@ impl Model {
     /// The down half of a folded LoRA: `u = x·L1ᵀ` into a new [m, L1 rows]
     /// buffer (every member's L1 rows stacked, for a group).
     fn lora_down(&self, l1: &GpuMatrix, x: &wgpu::Buffer, x_offset: usize, m: usize) -> Result<(Vec<Dispatch>, wgpu::Buffer), ModelError> {
-        let u = self.ctx.activations("lora u", (m * l1.rows * 4) as u64);
+        let u = self.lora_scratch(m, l1.rows);
         let args = MatmulArgs { x, x_offset, x_stride: l1.cols, m, weight: l1, bias: None, scale: None, y: &u, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false, lora: None };
         Ok((matmul(&self.ctx, &args, MatmulShape::Auto)?, u))
     }
