@@ -236,6 +236,14 @@ fn chunked_prefill_matches_one_pass_and_reuses_the_session_buffers() {
             let made = after.activation_buffers - before.activation_buffers;
             assert_eq!(made, 2, "{adapter}: chunks of {chunk}: {made} activation buffers made by one forward (the last pass's hidden state and logits expected)");
         }
+        // An id outside the vocabulary in a later chunk is refused before any chunk runs.
+        let mut bad = prompt.clone();
+        bad[60] = vocab as u32;
+        model.prefill_chunk.set(16);
+        let before = ctx.object_counts();
+        let err = model.forward(&bad, 0, &prefixes, false).err().expect("an out-of-vocabulary id must be refused");
+        assert!(err.to_string().contains("outside the vocabulary"), "{adapter}: {err}");
+        assert_eq!(ctx.object_counts().submits, before.submits, "{adapter}: a chunk ran before the bad id was refused");
         // Through generate too: the same answer in chunks as in one pass.
         let opts = llama_adapter_web::model::generate::GenerateOptions { max_new_tokens: 5, temperature: 0.0, ..Default::default() };
         model.prefill_chunk.set(1000);

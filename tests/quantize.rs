@@ -159,8 +159,9 @@ fn forced_decoding_reproduces_greedy_steps() {
 /// a base whose wk and w3 stay f16 while the rest is f32 holds the same
 /// values as the all-f32 base (f16 -> f32 is exact) but runs every member
 /// as its own matmul. Both must compute the same thing: the fused matmul
-/// (with the LoRA halves writing into its slices) and the separate ones,
-/// on the CPU adapter's shapes and on a real GPU's. Tolerance: the same
+/// and the separate ones, each with the stacked LoRA in its epilogue (the
+/// separate members reading their own slices of u and rows of L2), on the
+/// CPU adapter's shapes and on a real GPU's. Tolerance: the same
 /// products summed by the same kernels, in row tiles of another size;
 /// measured 0 here, allowed 1e-5 relative to the largest logit.
 #[test]

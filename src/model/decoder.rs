@@ -287,6 +287,14 @@ impl Model {
         if rows == 0 {
             return Err(ModelError::BadInput("logits for 0 rows".into()));
         }
+        // Checked once for the whole prompt, so that a bad id in a later
+        // chunk is refused before an earlier chunk has written the cache.
+        if image.adapter_id != self.adapter.id {
+            return Err(ModelError::BadInput("these image prefixes were made by another adapter; encode the image again".into()));
+        }
+        if let Some(t) = tokens.iter().find(|t| **t as usize >= cfg.vocab_size) {
+            return Err(ModelError::BadInput(format!("token id {t} is outside the vocabulary of {}", cfg.vocab_size)));
+        }
         // The last pass holds the natural last chunk, or the rows asked for;
         // the passes before it only fill the cache (no final norm or head).
         let s = tokens.len();

@@ -219,7 +219,8 @@ pub fn fit(config: &ModelConfig, packages: &[&PackagePlan], info: &GpuInfo, budg
     let mut bindings: Vec<(u64, String, String)> =
         packages.iter().map(|p| p.largest_piece()).map(|(bytes, name)| (bytes, name, "convert with a smaller --quant format".to_string())).collect();
     bindings.push((kv_layer, "one layer's KV cache".into(), shorter_context.clone()));
-    bindings.push((4 * 2 * rows * ffn, "the FFN activations of a prefill chunk".into(), shorter_context.clone()));
+    let chunk_advice = if ctx_len > rows { "this model's FFN is too wide for the device".to_string() } else { shorter_context.clone() };
+    bindings.push((4 * 2 * rows * ffn, "the FFN activations of a prefill chunk".into(), chunk_advice));
     bindings.push((rope, "the RoPE table".into(), shorter_context));
     bindings.push((4 * vision_rows * vision_hidden, "the vision MLP activations".into(), "this model's vision side is too wide for the device".into()));
     let (largest_binding, what, advice) = bindings.into_iter().max_by_key(|b| b.0).unwrap_or_default();
