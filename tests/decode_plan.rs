@@ -38,6 +38,16 @@ fn picture(size: usize) -> Vec<f32> {
     llama_adapter_web::image::clip_preprocess(&bytes, size as u32, ChannelOrder::Rgb).unwrap()
 }
 
+/// The prefixes of the test picture for `model`.
+fn kafka_prefixes(model: &Model) -> llama_adapter_web::model::decoder::ImagePrefixes {
+    model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap()
+}
+
+/// The token ids of `instruction` in the prompt template.
+fn prompt_ids(model: &Model, instruction: &str) -> Vec<u32> {
+    model.base.tokenizer.encode_prompt(&format_prompt(instruction, None)).unwrap()
+}
+
 fn token(r: StepResult) -> u32 {
     match r {
         StepResult::Token(t) => t,
@@ -51,8 +61,8 @@ fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
     for adapter in ["lora", "early"] {
         let model = model("steps", adapter, QuantFormat::Q4);
         let ctx = model.ctx.clone();
-        let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
-        let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+        let prefixes = kafka_prefixes(&model);
+        let prompt = prompt_ids(&model, "What is in this picture?");
         let out = model.forward(&prompt, 0, &prefixes, false).unwrap();
         let first = model.argmax_token_blocking(&out).unwrap();
 
@@ -100,8 +110,8 @@ fn decode_steps_create_nothing_submit_once_and_match_the_forward_path() {
 fn decode_plan_with_gpu_shapes_splits_attention_and_matches_the_forward_path() {
     for adapter in ["lora", "bias"] {
         let model = model_on("gpu-shapes", adapter, QuantFormat::Q4, common::gpu_with_gpu_kernel_shapes());
-        let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
-        let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+        let prefixes = kafka_prefixes(&model);
+        let prompt = prompt_ids(&model, "What is in this picture?");
         let out = model.forward(&prompt, 0, &prefixes, false).unwrap();
         let first = model.argmax_token_blocking(&out).unwrap();
         // Start just before the first split boundary (128 keys) and cross it.
@@ -133,9 +143,9 @@ fn decode_plan_with_gpu_shapes_splits_attention_and_matches_the_forward_path() {
 fn sampling_steps_read_the_top_k_summary_of_the_row_and_create_nothing() {
     let model = model("sampling", "bias", QuantFormat::F32);
     let ctx = model.ctx.clone();
-    let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
+    let prefixes = kafka_prefixes(&model);
     let mut plan = DecodePlan::new(&model, &prefixes).unwrap();
-    let prompt = model.base.tokenizer.encode_prompt(&format_prompt("Describe the picture.", None)).unwrap();
+    let prompt = prompt_ids(&model, "Describe the picture.");
     model.forward(&prompt, 0, &prefixes, false).unwrap();
     // The summary of a step equals the top-k kernel run on that step's logits from the forward path.
     let pos = prompt.len();
@@ -169,7 +179,7 @@ fn compile_pipelines_leaves_nothing_to_compile_for_a_generation() {
         assert!(compiled > 8, "{adapter}: {compiled} pipelines");
         let pixels = picture(model.config.clip.image_size);
         let prefixes = model.prepare_image(&model.encode_image(&pixels).unwrap()).unwrap();
-        let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+        let prompt = prompt_ids(&model, "What is in this picture?");
         for temperature in [0.0, 0.8] {
             let opts = GenerateOptions { max_new_tokens: 6, temperature, seed: 3, ..Default::default() };
             model.generate_blocking(&prefixes, &prompt, &opts, &mut |_, _| true).unwrap();
@@ -181,8 +191,8 @@ fn compile_pipelines_leaves_nothing_to_compile_for_a_generation() {
 #[test]
 fn the_profile_times_every_dispatch_of_a_decode_step_and_leaves_the_output_alone() {
     let model = model("profile", "lora", QuantFormat::Q4);
-    let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
-    let prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture?", None)).unwrap();
+    let prefixes = kafka_prefixes(&model);
+    let prompt = prompt_ids(&model, "What is in this picture?");
     let before = model.argmax_token_blocking(&model.forward(&prompt, 0, &prefixes, false).unwrap()).unwrap();
     let kernels = pollster::block_on(model.profile_forward(1, prompt.len(), &prefixes, 2)).unwrap();
     // Every dispatch of the step is in it once (the plan adds the argmax).
@@ -210,8 +220,8 @@ fn chunked_prefill_matches_one_pass_and_reuses_the_session_buffers() {
     for adapter in ["lora", "bias"] {
         let model = model("chunks", adapter, QuantFormat::Q4);
         let ctx = model.ctx.clone();
-        let prefixes = model.prepare_image(&model.encode_image(&picture(model.config.clip.image_size)).unwrap()).unwrap();
-        let mut prompt = model.base.tokenizer.encode_prompt(&format_prompt("What is in this picture? Describe it in detail, please.", None)).unwrap();
+        let prefixes = kafka_prefixes(&model);
+        let mut prompt = prompt_ids(&model, "What is in this picture? Describe it in detail, please.");
         while prompt.len() < 70 {
             prompt.extend_from_within(1..prompt.len().min(20));
         }

@@ -137,8 +137,10 @@ impl LinearGroup {
         self.member_rows * self.members.len()
     }
 
-    pub fn has_lora(&self) -> bool {
-        self.stacked_lora.is_some() || self.members.iter().any(|m| m.lora.is_some())
+    /// Whether a member carries a LoRA of its own (not stacked): the
+    /// unfolded path, three matmuls per member.
+    pub fn member_lora(&self) -> bool {
+        self.members.iter().any(|m| m.lora.is_some())
     }
 }
 
@@ -213,9 +215,7 @@ impl DecoderWeights {
             };
             if let Some((down, up)) = &stacked_lora {
                 let rank = up.cols;
-                let fits = up.format == crate::format::quant::QuantFormat::F32
-                    && up.blocks.len() == 1
-                    && up.rows == members.len() * member_rows
+                let fits = super::lora_up_foldable(up, rank, members.len() * member_rows)
                     && down.rows == members.len() * rank
                     && down.cols == config.llama.dim;
                 if !fits {

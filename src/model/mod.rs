@@ -106,8 +106,35 @@ impl<'a> Linear<'a> {
 
 /// Whether a LoRA's L2 (`rows` × `rank`) can ride in the main matmul's
 /// epilogue: dense f32 rows in one buffer (the converter keeps LoRA in f32).
-fn lora_up_foldable(l2: &GpuMatrix, rank: usize, rows: usize) -> bool {
+pub(crate) fn lora_up_foldable(l2: &GpuMatrix, rank: usize, rows: usize) -> bool {
     l2.format == crate::format::quant::QuantFormat::F32 && l2.blocks.len() == 1 && l2.cols == rank && l2.rows == rows
+}
+
+/// A LoRA whose u = x·L1ᵀ has been computed (into the session's u buffer)
+/// and whose L2 rides in the main matmul's epilogue.
+struct FoldedLora<'a> {
+    u: wgpu::Buffer,
+    /// L2, dense f32 [members·member_rows, rank].
+    up: &'a GpuMatrix,
+    /// L1 rows: every member's rank-wide slice of a u row.
+    u_stride: usize,
+    member_rows: usize,
+}
+
+impl FoldedLora<'_> {
+    /// The epilogue for weights whose row 0 is member `member`'s row 0
+    /// (0 for a single linear or a fused group).
+    fn epilogue(&self, member: usize) -> LoraEpilogue<'_> {
+        LoraEpilogue {
+            u: &self.u,
+            u_stride: self.u_stride,
+            u_offset: member * self.up.cols,
+            up: &self.up.blocks[0].buffer,
+            up_row0: member * self.member_rows,
+            rank: self.up.cols,
+            member_rows: self.member_rows,
+        }
+    }
 }
 
 /// The frozen part, loaded once: LLaMA + CLIP weights, tokenizer, RoPE table.
@@ -428,9 +455,7 @@ impl Model {
         match l.lora {
             // L2 as dense f32 rows: u = x·L1ᵀ first, L2 in the main matmul's epilogue.
             Some((l1, l2)) if lora_up_foldable(l2, l1.rows, l.weight.rows) => {
-                let (down, u) = self.lora_down(l1, x, x_offset, m)?;
-                d.extend(down);
-                folded = Some((u, l2, l1.rows));
+                folded = Some(self.fold_lora(l1, l2, l.weight.rows, x, x_offset, m, &mut d)?);
             }
             Some((l1, l2)) => {
                 // Any other format: the LoRA path first, then the main product adds on top.
@@ -452,7 +477,7 @@ impl Model {
             y_stride: y_width,
             accumulate: main_accumulates,
             gated: false,
-            lora: folded.as_ref().map(|(u, l2, rank)| LoraEpilogue { u, u_stride: *rank, u_offset: 0, up: &l2.blocks[0].buffer, up_row0: 0, rank: *rank, member_rows: l.weight.rows }),
+            lora: folded.as_ref().map(|f| f.epilogue(0)),
         };
         d.extend(matmul(ctx, &args, MatmulShape::Auto)?);
         Ok(d)
@@ -464,6 +489,15 @@ impl Model {
         let u = self.lora_scratch(m, l1.rows);
         let args = MatmulArgs { x, x_offset, x_stride: l1.cols, m, weight: l1, bias: None, scale: None, y: &u, y_offset: 0, y_stride: l1.rows, accumulate: false, gated: false, lora: None };
         Ok((matmul(&self.ctx, &args, MatmulShape::Auto)?, u))
+    }
+
+    /// Pushes the down matmul of a folded LoRA (L1 → u) onto `d` and returns
+    /// what the main matmul's epilogue needs.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_lora<'a>(&self, l1: &GpuMatrix, l2: &'a GpuMatrix, member_rows: usize, x: &wgpu::Buffer, x_offset: usize, m: usize, d: &mut Vec<Dispatch>) -> Result<FoldedLora<'a>, ModelError> {
+        let (down, u) = self.lora_down(l1, x, x_offset, m)?;
+        d.extend(down);
+        Ok(FoldedLora { u, up: l2, u_stride: l1.rows, member_rows })
     }
 
     /// Dispatches of `y[y_offset..] (+)= s ⊙ ((x·L1ᵀ)·L2ᵀ)`: a LoRA path, through a temporary.
@@ -497,25 +531,11 @@ impl Model {
         let width = g.width();
         let mut d = Vec::new();
         let stacked = match (adapted, &g.stacked_lora) {
-            (true, Some((l1, l2))) => {
-                let (down, u) = self.lora_down(l1, x, 0, m)?;
-                d.extend(down);
-                Some((u, l1.rows, l2))
-            }
+            (true, Some((l1, l2))) => Some(self.fold_lora(l1, l2, g.member_rows, x, 0, m, &mut d)?),
             _ => None,
         };
-        // Member i's share of the stacked LoRA, for weights whose row 0 is member `first`'s.
-        let epilogue = |first: usize| {
-            stacked.as_ref().map(|(u, u_stride, l2)| LoraEpilogue {
-                u,
-                u_stride: *u_stride,
-                u_offset: first * l2.cols,
-                up: &l2.blocks[0].buffer,
-                up_row0: first * g.member_rows,
-                rank: l2.cols,
-                member_rows: g.member_rows,
-            })
-        };
+        // Member i's share of the stacked LoRA, for weights whose row 0 is member i's.
+        let epilogue = |member: usize| stacked.as_ref().map(|f| f.epilogue(member));
         match &g.weights {
             GroupWeights::Fused { weight, bias, scale } => {
                 let mut lora_written = false;
@@ -585,15 +605,10 @@ impl Model {
     /// shape has the epilogue; else the group into `scratch` ([m, 2·ffn])
     /// and a SiLU-gate over its halves.
     pub(crate) fn ffn_gate(&self, g: &LinearGroup, x: &wgpu::Buffer, m: usize, gated: &wgpu::Buffer, scratch: &wgpu::Buffer) -> Result<Vec<Dispatch>, ModelError> {
-        let member_lora = g.members.iter().any(|p| p.lora.is_some());
-        if let (GroupWeights::Fused { weight, bias, scale }, false, true) = (&g.weights, member_lora, gated_supported(&self.ctx, m)) {
+        if let (GroupWeights::Fused { weight, bias, scale }, false, true) = (&g.weights, g.member_lora(), gated_supported(&self.ctx, m)) {
             let mut d = Vec::new();
             let stacked = match &g.stacked_lora {
-                Some((l1, l2)) => {
-                    let (down, u) = self.lora_down(l1, x, 0, m)?;
-                    d.extend(down);
-                    Some((u, l1.rows, l2))
-                }
+                Some((l1, l2)) => Some(self.fold_lora(l1, l2, g.member_rows, x, 0, m, &mut d)?),
                 None => None,
             };
             let args = MatmulArgs {
@@ -609,15 +624,7 @@ impl Model {
                 y_stride: g.member_rows,
                 accumulate: false,
                 gated: true,
-                lora: stacked.as_ref().map(|(u, u_stride, l2)| LoraEpilogue {
-                    u,
-                    u_stride: *u_stride,
-                    u_offset: 0,
-                    up: &l2.blocks[0].buffer,
-                    up_row0: 0,
-                    rank: l2.cols,
-                    member_rows: g.member_rows,
-                }),
+                lora: stacked.as_ref().map(|f| f.epilogue(0)),
             };
             d.extend(matmul(&self.ctx, &args, MatmulShape::Auto)?);
             return Ok(d);
